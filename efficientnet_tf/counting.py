@@ -1,0 +1,91 @@
+"""Parameter and multiply-add counts per variant, and the `--mode=summary` table."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+from keras import layers
+
+from efficientnet_tf import scaling
+
+# Published figures (RECIPE.md sections 2 and 3): params in millions, multiply-adds in billions.
+PAPER_FIGURES: dict[str, tuple[float, float]] = {
+    "efficientnet-b0": (5.3, 0.39),
+    "efficientnet-b1": (7.8, 0.70),
+    "efficientnet-b2": (9.2, 1.0),
+    "efficientnet-b3": (12.0, 1.8),
+    "efficientnet-b4": (19.0, 4.2),
+    "efficientnet-b5": (30.0, 9.9),
+    "efficientnet-b6": (43.0, 19.0),
+    "efficientnet-b7": (66.0, 37.0),
+    "efficientnet-lite0": (4.7, 0.407),
+    "efficientnet-lite1": (5.4, 0.631),
+    "efficientnet-lite2": (6.1, 0.899),
+    "efficientnet-lite3": (8.2, 1.44),
+    "efficientnet-lite4": (13.0, 2.64),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """Sizes of one built model."""
+
+    total_params: int
+    trainable_params: int
+    madds: int
+
+
+def count_madds(model: keras.Model) -> int:
+    """Multiply-adds of the conv, depthwise-conv and dense layers (incl. squeeze-excite) per image."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.DepthwiseConv2D):
+            kh, kw, channels, mult = layer.kernel.shape
+            _, oh, ow, _ = layer.output.shape
+            total += oh * ow * kh * kw * channels * mult
+        elif isinstance(layer, layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            _, oh, ow, _ = layer.output.shape
+            total += oh * ow * kh * kw * cin * cout
+        elif isinstance(layer, layers.Dense):
+            cin, cout = layer.kernel.shape
+            total += cin * cout
+    return int(total)
+
+
+def count_params(model: keras.Model) -> Counts:
+    """Total (incl. batch-norm statistics) and trainable parameters, and multiply-adds."""
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    return Counts(total_params=int(model.count_params()), trainable_params=trainable, madds=count_madds(model))
+
+
+def variant_counts(model_name: str, resolution: int | None = None, classes: int = 1000) -> Counts:
+    """Counts of a named variant at its own (or the given) resolution."""
+    from efficientnet_tf.model import build_model
+
+    model = build_model(model_name, resolution=resolution, classes=classes, weights=None)
+    counts = count_params(model)
+    keras.backend.clear_session()
+    return counts
+
+
+def summary_table(model_names: tuple[str, ...] | None = None) -> str:
+    """A text table of every variant: resolution, width, depth, params and MAdds beside the paper's."""
+    names = model_names or tuple(n for n in scaling.VARIANT_NAMES if n != "efficientnet-l2")
+    header = (
+        f"{'model':<20}{'res':>5}{'width':>7}{'depth':>7}{'params':>10}{'paper':>8}"
+        f"{'MAdds':>10}{'paper':>9}{'dropout':>9}"
+    )
+    rows = [header, "-" * len(header)]
+    for name in names:
+        variant = scaling.get_variant(name)
+        counts = variant_counts(name)
+        paper_params, paper_madds = PAPER_FIGURES.get(name, (float("nan"), float("nan")))
+        rows.append(
+            f"{name:<20}{variant.resolution:>5}{variant.width:>7.2f}{variant.depth:>7.2f}"
+            f"{counts.total_params / 1e6:>9.2f}M{paper_params:>7.1f}M"
+            f"{counts.madds / 1e9:>9.3f}B{paper_madds:>8.3g}B{variant.dropout_rate:>9.2f}"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,156 @@
+"""EfficientNet model builder with the keras.applications API shape and layer names."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from efficientnet_tf import scaling
+from efficientnet_tf.errors import UserError
+from efficientnet_tf.layers import DenseKernelInitializer, conv_bn_act, mbconv_block
+
+ENDPOINT_NAMES = ("reduction_1", "reduction_2", "reduction_3", "reduction_4", "reduction_5")
+
+
+def _set_normalization(layer: layers.Normalization, mean, std) -> None:
+    """Fix a keras Normalization layer to (x/255 - mean/255) / (std/255), as float constants."""
+    layer.adapt_mean.assign([m / 255.0 for m in mean])
+    layer.adapt_variance.assign([(s / 255.0) ** 2 for s in std])
+    layer.finalize_state()
+
+
+def build_model(
+    model_name: str = "efficientnet-b0",
+    *,
+    include_top: bool = True,
+    weights: str | None = None,
+    input_tensor=None,
+    input_shape: tuple | None = None,
+    pooling: str | None = None,
+    classes: int = 1000,
+    classifier_activation: str | None = "softmax",
+    drop_connect_rate: float | None = None,
+    dropout_rate: float | None = None,
+    resolution: int | None = None,
+    width_coefficient: float | None = None,
+    depth_coefficient: float | None = None,
+    name: str | None = None,
+) -> keras.Model:
+    """Build an EfficientNet as a functional Keras model taking 0-255 RGB images.
+
+    `weights` is None (random init) or a path understood by `efficientnet_tf.weights.load_pretrained`
+    (.keras, keras.applications .h5, reference TF checkpoint). `width_coefficient` /
+    `depth_coefficient` override the variant's (e.g. tiny models for tests).
+    """
+    variant = scaling.get_variant(model_name)
+    if pooling not in (None, "avg", "max"):
+        raise UserError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if include_top and classes < 1:
+        raise UserError(f"classes must be >= 1, got {classes}")
+    width = variant.width if width_coefficient is None else width_coefficient
+    depth = variant.depth if depth_coefficient is None else depth_coefficient
+    dropout_rate = variant.dropout_rate if dropout_rate is None else dropout_rate
+    if drop_connect_rate is None:
+        drop_connect_rate = scaling.DEFAULT_DROP_CONNECT_RATE
+    if input_shape is None:
+        size = resolution or variant.resolution
+        input_shape = (size, size, 3)
+
+    if input_tensor is None:
+        inputs = layers.Input(shape=input_shape, name="image")
+    elif isinstance(input_tensor, keras.KerasTensor):
+        inputs = input_tensor
+    else:
+        inputs = layers.Input(tensor=input_tensor, shape=input_shape, name="image")
+
+    x = layers.Rescaling(1.0 / 255.0, name="rescaling")(inputs)
+    normalization = layers.Normalization(axis=-1, name="normalization")
+    x = normalization(x)
+    _set_normalization(normalization, *variant.norm_mean_std)
+
+    act = variant.activation
+    x = conv_bn_act(x, scaling.stem_filters(variant, width), 3, 2, act, "stem_", "conv", "bn", "activation")
+    blocks = scaling.scaled_blocks(variant, drop_connect_rate, width=width, depth=depth)
+    for spec in blocks:
+        x = mbconv_block(
+            x,
+            name=spec.name,
+            kernel_size=spec.kernel_size,
+            filters_in=spec.filters_in,
+            filters_out=spec.filters_out,
+            expand_ratio=spec.expand_ratio,
+            strides=spec.strides,
+            se_ratio=spec.se_ratio,
+            drop_rate=spec.drop_rate,
+            activation=act,
+        )
+    x = conv_bn_act(x, scaling.head_filters(variant, width), 1, 1, act, "top_", "conv", "bn", "activation")
+
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        if dropout_rate > 0:
+            x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+        # float32 head so that mixed-precision training gets float32 logits / probabilities.
+        x = layers.Dense(
+            classes,
+            activation=classifier_activation,
+            kernel_initializer=DenseKernelInitializer(),
+            dtype="float32",
+            name="predictions",
+        )(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    model = keras.Model(inputs, x, name=name or variant.name.replace("-", "_"))
+    if weights is not None:
+        from efficientnet_tf.weights import load_pretrained
+
+        load_pretrained(model, weights)
+    return model
+
+
+def endpoint_layer_names(model_name: str, depth_coefficient: float | None = None) -> dict[str, str]:
+    """Names of the layers whose outputs are the feature endpoints reduction_1..5 (strides 2..32).
+
+    Each endpoint is the output of the last block at a given resolution: the block before the next
+    stride-2 block, and the final block for reduction_5.
+    """
+    variant = scaling.get_variant(model_name)
+    blocks = scaling.scaled_blocks(variant, depth=depth_coefficient)
+    names: dict[str, str] = {}
+    for i, spec in enumerate(blocks):
+        last = i == len(blocks) - 1
+        if last or blocks[i + 1].strides == 2:
+            out = spec.name + ("add" if spec.strides == 1 and spec.filters_in == spec.filters_out else "project_bn")
+            names[ENDPOINT_NAMES[len(names)]] = out
+    return names
+
+
+def build_backbone(model_name: str = "efficientnet-b0", **kwargs) -> keras.Model:
+    """A feature extractor returning {"reduction_1": ..., "reduction_5": ...} (strides 2 to 32)."""
+    kwargs.setdefault("input_shape", (None, None, 3))
+    model = build_model(model_name, include_top=False, **kwargs)
+    names = endpoint_layer_names(model_name, kwargs.get("depth_coefficient"))
+    outputs = {key: model.get_layer(layer).output for key, layer in names.items()}
+    return keras.Model(model.inputs, outputs, name=model.name + "_backbone")
+
+
+def _named_builder(model_name: str):
+    def builder(**kwargs) -> keras.Model:
+        return build_model(model_name, **kwargs)
+
+    builder.__doc__ = f"{model_name} ({scaling.get_variant(model_name).resolution} px)."
+    return builder
+
+
+# keras.applications-style constructors.
+EfficientNetB0 = _named_builder("efficientnet-b0")
+EfficientNetB1 = _named_builder("efficientnet-b1")
+EfficientNetB2 = _named_builder("efficientnet-b2")
+EfficientNetB3 = _named_builder("efficientnet-b3")
+EfficientNetB4 = _named_builder("efficientnet-b4")
+EfficientNetB5 = _named_builder("efficientnet-b5")
+EfficientNetB6 = _named_builder("efficientnet-b6")
+EfficientNetB7 = _named_builder("efficientnet-b7")
