@@ -1,0 +1,37 @@
+"""SavedModel and TFLite exporters for EfficientNet, their verification, and prediction from artifacts.
+
+    import export
+    report = export.run_export(model, class_names=names, image_size=224, resize_method="bicubic",
+                               export_dir="out/export", representative_images=calib,
+                               eval_images=images, eval_labels=labels)
+    print(export.format_report(report))
+    print(export.run_predict("out/export/saved_model", ["cat.jpg"]))
+
+Artifacts in `export_dir`: `saved_model/` (signatures `serving_default`: encoded image bytes ->
+probabilities, top-k ids, names and probabilities; `serving_images`: float 0..255 images -> the
+same), `model_{float32,float16,dynamic,int8}.tflite` (float 0..255 [1, H, W, 3] in, probabilities
+out; class names and preprocessing embedded as metadata), `labels.txt`, `export_info.json` and the
+verification report `export_report.json`.
+"""
+
+from export.common import FORMATS, TFLITE_FORMATS
+from export.exporter import run_export
+from export.predict import format_predictions, load_keras_file, load_predictor, restore_checkpoint, run_predict
+from export.saved_model import SavedModelPredictor, export_saved_model
+from export.tflite import TFLiteModel
+from export.verify import format_report
+
+__all__ = [
+    "FORMATS",
+    "TFLITE_FORMATS",
+    "SavedModelPredictor",
+    "TFLiteModel",
+    "export_saved_model",
+    "format_predictions",
+    "format_report",
+    "load_keras_file",
+    "load_predictor",
+    "restore_checkpoint",
+    "run_export",
+    "run_predict",
+]

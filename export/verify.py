@@ -1,0 +1,203 @@
+"""Fidelity of exported artifacts against the Keras model: agreement, accuracy, probabilities, latency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from export import common
+from export.saved_model import SavedModelPredictor
+from export.tflite import LITERT_THREADS, TFLiteModel
+
+# Acceptance limits per format (issue 5). Quantised formats are judged by top-1 behaviour.
+MAX_PROB_DIFF = {common.SAVED_MODEL: 1e-5, "saved_model_bytes": 1e-5, "tflite_float32": 1e-4}
+MIN_AGREEMENT = {"tflite_float16": 0.99, "tflite_dynamic": 0.99}
+MAX_INT8_ACCURACY_DROP = 0.015  # 1.5 points of top-1 accuracy
+MIN_INT8_AGREEMENT_WITHOUT_LABELS = 0.95
+LATENCY_IMAGES = 20  # single-image calls timed for TensorFlow runtimes
+
+
+def _median_ms(seconds: Sequence[float]) -> float | None:
+    timed = list(seconds)[1:] if len(seconds) > 1 else list(seconds)  # the first call warms up
+    return round(float(np.median(timed)) * 1000.0, 3) if timed else None
+
+
+def _tf_latency_ms(fn, images: np.ndarray) -> float | None:
+    """Median time of single-image calls of a TensorFlow function, in milliseconds."""
+    seconds = []
+    for image in images[: LATENCY_IMAGES + 1]:
+        batch = tf.constant(image[None], tf.float32)
+        started = time.perf_counter()
+        np.asarray(fn(batch))
+        seconds.append(time.perf_counter() - started)
+    return _median_ms(seconds)
+
+
+def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray | None) -> dict:
+    """Top-1 agreement, probability differences and accuracy of `probs` against `reference`.
+
+    `max_flip_margin` is the largest gap between the reference's top two probabilities among the
+    images whose top-1 changed: small values mean the flips are near-ties of an unsure model.
+    """
+    flipped = np.argmax(probs, -1) != np.argmax(reference, -1)
+    ranked = np.sort(reference, axis=-1)
+    margins = ranked[:, -1] - ranked[:, -2] if reference.shape[-1] > 1 else np.ones(len(reference))
+    diff = np.abs(probs.astype(np.float64) - reference.astype(np.float64))
+    result = {
+        "top1_agreement": float(1.0 - np.mean(flipped)) if len(probs) else None,
+        "top1_flips": int(flipped.sum()),
+        "max_flip_margin": float(margins[flipped].max()) if flipped.any() else None,
+        "max_prob_diff": float(diff.max()) if diff.size else None,
+        "mean_prob_diff": float(diff.mean()) if diff.size else None,
+        "accuracy": None,
+    }
+    if labels is not None and len(labels) == len(probs):
+        result["accuracy"] = float(np.mean(np.argmax(probs, -1) == np.asarray(labels)))
+    return result
+
+
+def _check(row: dict, keras_accuracy: float | None) -> tuple[bool, str]:
+    """Whether a row meets its format's acceptance limit, and the limit in words."""
+    fmt = row["format"]
+    if fmt in MAX_PROB_DIFF:
+        limit = MAX_PROB_DIFF[fmt]
+        return row["max_prob_diff"] is not None and row["max_prob_diff"] <= limit, f"max prob diff <= {limit:g}"
+    if fmt in MIN_AGREEMENT:
+        limit = MIN_AGREEMENT[fmt]
+        return row["top1_agreement"] is not None and row["top1_agreement"] >= limit, f"top-1 agreement >= {limit:.0%}"
+    if fmt == "tflite_int8":
+        if row["accuracy"] is not None and keras_accuracy is not None:
+            drop = keras_accuracy - row["accuracy"]
+            return drop <= MAX_INT8_ACCURACY_DROP + 1e-9, f"accuracy drop <= {MAX_INT8_ACCURACY_DROP * 100:g} points"
+        limit = MIN_INT8_AGREEMENT_WITHOUT_LABELS
+        return row["top1_agreement"] is not None and row["top1_agreement"] >= limit, f"top-1 agreement >= {limit:.0%}"
+    return True, ""
+
+
+def verify_artifacts(
+    model: keras.Model,
+    artifacts: dict[str, str],
+    *,
+    probabilities: bool,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    jpeg_bytes: Sequence[bytes] | None = None,
+    jpeg_labels: np.ndarray | None = None,
+    image_size: int,
+    resize_method: str,
+) -> list[dict]:
+    """One row per artifact (and one for the Keras model) comparing it with the Keras model on `images`."""
+    reference = common.keras_probabilities(model, images, probabilities)
+    keras_fn = tf.function(common.probabilities_fn(model, probabilities), reduce_retracing=True)
+    keras_row = {
+        "format": "keras",
+        "path": None,
+        "size_bytes": int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in model.weights)),
+        **compare(reference, reference, labels),
+        "latency_ms": _tf_latency_ms(keras_fn, images),
+        "runtime": "tensorflow",
+    }
+    rows = [keras_row]
+    keras_accuracy = keras_row["accuracy"]
+
+    for fmt, path in artifacts.items():
+        started = time.time()
+        if fmt == common.SAVED_MODEL:
+            predictor = SavedModelPredictor(path)
+            probs = predictor.predict_images(images)
+            latency = _tf_latency_ms(lambda x: predictor.predict_images(x.numpy()), images)
+            rows.append(
+                {"format": fmt, "path": path, "size_bytes": common.path_size(path), **compare(reference, probs, labels),
+                 "latency_ms": latency, "runtime": "tensorflow"}
+            )  # fmt: skip
+            if jpeg_bytes:
+                # End to end: encoded bytes through the in-graph preprocessing, against Keras on the
+                # same bytes preprocessed eagerly by the data package.
+                expected = common.keras_probabilities(
+                    model, common.preprocess_batch(jpeg_bytes, image_size, resize_method), probabilities
+                )
+                probs = predictor.predict_bytes(list(jpeg_bytes))
+                seconds = []
+                for item in list(jpeg_bytes)[: LATENCY_IMAGES + 1]:
+                    t0 = time.perf_counter()
+                    predictor.predict_bytes([item])
+                    seconds.append(time.perf_counter() - t0)
+                rows.append(
+                    {"format": "saved_model_bytes", "path": path, "size_bytes": common.path_size(path),
+                     **compare(expected, probs, jpeg_labels), "latency_ms": _median_ms(seconds),
+                     "runtime": "tensorflow (decode + preprocess + model)"}
+                )  # fmt: skip
+        else:
+            runner = TFLiteModel(path, num_threads=LITERT_THREADS)
+            probs, seconds = runner.predict(images)
+            rows.append(
+                {"format": fmt, "path": path, "size_bytes": common.path_size(path), **compare(reference, probs, labels),
+                 "latency_ms": _median_ms(seconds), "runtime": f"litert ({LITERT_THREADS} threads)",
+                 "input_type": runner.input_dtype.name}
+            )  # fmt: skip
+        logging.info("Verified %s in %.1fs", fmt, time.time() - started)
+
+    for row in rows:
+        ok, limit = _check(row, keras_accuracy)
+        row["check"] = limit
+        row["passed"] = ok
+        if not ok:
+            logging.warning(
+                "%s does not meet its limit (%s): agreement %s, accuracy %s vs Keras %s, max prob diff %s",
+                row["format"], limit, row["top1_agreement"], row["accuracy"], keras_accuracy, row["max_prob_diff"],
+            )  # fmt: skip
+    return rows
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{value * 100:.2f}%"
+    if kind == "size":
+        return f"{value / 2**20:.2f} MB"
+    if kind == "diff":
+        return f"{value:.2e}"
+    if kind == "margin":
+        return f"{value:.3f}"
+    if kind == "ms":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def format_report(report: dict) -> str:
+    """The verification report as a fixed-width text table (one row per artifact).
+
+    "flip margin" is the largest top-1/top-2 probability gap of the Keras model among images whose
+    top-1 class the artifact changed ("-" when none changed).
+    """
+    header = ("format", "size", "top-1 agree", "flip margin", "accuracy", "max |dp|", "ms/image", "runtime", "check")
+    lines = []
+    for row in report.get("artifacts", []):
+        status = "" if not row.get("check") else ("ok" if row.get("passed") else "FAIL") + f" ({row['check']})"
+        lines.append(
+            (
+                row["format"],
+                _fmt(row.get("size_bytes"), "size"),
+                _fmt(row.get("top1_agreement"), "pct"),
+                _fmt(row.get("max_flip_margin"), "margin"),
+                _fmt(row.get("accuracy"), "pct"),
+                _fmt(row.get("max_prob_diff"), "diff"),
+                _fmt(row.get("latency_ms"), "ms"),
+                row.get("runtime") or "-",
+                status,
+            )
+        )
+    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
+    render = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    title = (
+        f"{report.get('model', 'model')} @ {report.get('image_size')} px ({report.get('resize_method')} resize), "
+        f"{report.get('num_eval_images')} eval images from {report.get('eval_set')}"
+    )
+    table = [title, render(header), render(["-" * w for w in widths]), *(render(r) for r in lines)]
+    return "\n".join(table)
