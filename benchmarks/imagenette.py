@@ -1,0 +1,188 @@
+"""EfficientNet-B0 from scratch on Imagenette at 128 px: our recipe vs keras.applications + Adam.
+
+    python benchmarks/imagenette.py [--data ../shared/data] [--epochs 5] [--image_size 128]
+                                    [--hparams hparams/imagenette.yaml] [--skip_keras]
+
+Extracts `imagenette2-224sq-train.tar` (the Imagenette TRAIN split) from the shared data folder
+(default `../shared/data` beside the repository) into `--work_dir`, holds out a seeded 10% of
+each class (data.get_source's per-class split, seed 0) and trains, on the same input pipeline and
+the same budget (epochs, batch size, resolution):
+
+1. ours: `efficientnet_tf.training.Trainer` with the short-schedule recipe of `--hparams`
+   (everything else is the reference recipe's defaults), evaluated with its EMA weights;
+2. keras.applications.EfficientNetB0 (weights=None) compiled with Adam(1e-3) and trained by
+   `Model.fit`, the usual Keras baseline.
+
+Prints hold-out top-1 after every epoch for both and writes `<work_dir>/results-<epochs>ep.json`.
+Exits 0 with a message when the archive is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tarfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+ARCHIVE_NAME = "imagenette2-224sq-train.tar"
+TRAIN_SUBDIR = os.path.join("imagenette2-224sq", "train")
+
+
+def extract(archive: str, work_dir: str) -> str:
+    """Extract the archive once (a marker file records completion); returns the train folder."""
+    root = os.path.join(work_dir, TRAIN_SUBDIR)
+    marker = os.path.join(work_dir, ".extracted")
+    if not os.path.exists(marker):
+        os.makedirs(work_dir, exist_ok=True)
+        print(f"Extracting {archive} into {work_dir} ...", flush=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(work_dir, filter="data")
+        with open(marker, "w") as handle:
+            handle.write(archive + "\n")
+    return root
+
+
+def build_config(args: argparse.Namespace, dataset: str):
+    """Our config: defaults, then the short-schedule recipe file, then this benchmark's budget."""
+    import hparams
+
+    flags = {"model.name": "efficientnet-b0", "data.dataset": dataset, "train.epochs": float(args.epochs),
+             "model.image_size": args.image_size, "train.seed": args.seed}
+    if args.batch_size:
+        flags["train.batch_size"] = args.batch_size
+    if args.train_steps:
+        flags["train.train_steps"] = args.train_steps
+    return hparams.build_config([args.hparams, *args.override], flags)
+
+
+def run_ours(config, source, model_dir: str, eval_every: int) -> dict:
+    """Train with our loop; returns per-epoch hold-out top-1 (EMA weights) and timing."""
+    import main as cli
+    from efficientnet_tf import training
+
+    info = training.create_strategy("auto")
+    cli.configure_randomness(config)
+    train_fn, eval_fn = cli.dataset_functions(config, source)
+    began = time.time()
+    trainer = training.Trainer(config, info, model_dir, train_dataset_fn=train_fn, eval_dataset_fn=eval_fn)
+    result = trainer.train(eval_every_epochs=eval_every)
+    seconds = time.time() - began
+    history_path = os.path.join(model_dir, training.loop.EVAL_HISTORY_FILE)
+    with open(history_path) as handle:
+        history = [json.loads(line) for line in handle]
+    spe = int(config.train.steps_per_epoch)
+    return {
+        "top1": result.eval_metrics["top1"],
+        "top5": result.eval_metrics["top5"],
+        "per_epoch_top1": {f"{h['step'] / spe:g}": h["top1"] for h in history},
+        "seconds": seconds,
+        "train_images_per_second": result.train_metrics.get("images_per_second"),
+        "model_dir": model_dir,
+    }
+
+
+def run_keras(config, source) -> dict:
+    """keras.applications.EfficientNetB0 + Adam(1e-3) + Model.fit on the same pipeline and budget."""
+    import keras
+    import tensorflow as tf
+
+    import main as cli
+
+    keras.utils.set_random_seed(int(config.train.seed or 0))
+    size, classes = int(config.model.image_size), int(config.model.num_classes)
+    train_fn, eval_fn = cli.dataset_functions(config, source)
+    train_data = train_fn(tf.distribute.InputContext())
+    eval_data = eval_fn(tf.distribute.InputContext()).map(lambda x, y: (x, tf.one_hot(y, classes)))
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(size, size, 3), classes=classes)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
+                  metrics=["categorical_accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
+                  jit_compile=bool(tf.config.list_physical_devices("GPU")))
+    spe = min(int(config.train.steps_per_epoch), int(config.train.train_steps))
+    epochs = max(1, round(int(config.train.train_steps) / spe))
+    began = time.time()
+    history = model.fit(train_data, epochs=epochs, steps_per_epoch=spe, validation_data=eval_data, verbose=0,
+                        shuffle=False, callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: print(
+                            f"  keras epoch {e + 1}: hold-out top-1 {100 * logs['val_categorical_accuracy']:.2f}%",
+                            flush=True))]).history
+    per_epoch = {str(i + 1): float(v) for i, v in enumerate(history["val_categorical_accuracy"])}
+    top1, top5 = history["val_categorical_accuracy"][-1], history["val_top5"][-1]
+    return {"top1": float(top1), "top5": float(top5), "per_epoch_top1": per_epoch, "seconds": time.time() - began}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both trainings and print the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=os.path.join(REPO_ROOT, "..", "shared", "data"),
+                        help="folder holding imagenette2-224sq-train.tar")
+    parser.add_argument("--work_dir", default=os.path.join(REPO_ROOT, "out", "imagenette"),
+                        help="extraction and run directory")
+    parser.add_argument("--epochs", type=float, default=5)
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--train_steps", type=int, default=None, help="stop early (smoke tests)")
+    parser.add_argument("--hparams", default=os.path.join(REPO_ROOT, "hparams", "imagenette.yaml"))
+    parser.add_argument("--override", action="append", default=[], help="extra dotted hparams overrides")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip_keras", action="store_true")
+    parser.add_argument("--skip_ours", action="store_true")
+    args = parser.parse_args(argv)
+
+    archive = os.path.join(args.data, ARCHIVE_NAME)
+    if not os.path.exists(archive):
+        print(f"{archive} not found; skipping the Imagenette benchmark (pass --data)")
+        return 0
+    from absl import logging
+
+    logging.set_verbosity(logging.INFO)
+    import keras
+    import tensorflow as tf
+
+    import data
+    import hparams
+
+    root = extract(archive, args.work_dir)
+    source = data.get_source(f"folder:{root}", holdout_fraction=0.1, seed=0)
+    config = build_config(args, f"folder:{root}")
+    config = hparams.resolve(config, num_classes=source.num_classes, num_train=source.num_train)
+    print(f"Imagenette: {source.num_train} training / {source.num_eval} held-out images, {source.num_classes} "
+          f"classes; {config.train.train_steps} steps of {config.train.batch_size} at {config.model.image_size} px; "
+          f"TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores", flush=True)
+    results: dict = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": int(config.train.batch_size),
+                     "train_images": source.num_train, "holdout_images": source.num_eval,
+                     "recipe": os.path.relpath(args.hparams, REPO_ROOT), "overrides": args.override}
+    tag = f"{args.epochs:g}ep"
+    if not args.skip_ours:
+        model_dir = os.path.join(args.work_dir, f"ours-{tag}")
+        if tf.io.gfile.exists(model_dir):
+            tf.io.gfile.rmtree(model_dir)
+        hparams.save_config(config, *[tf.io.gfile.makedirs(model_dir) or model_dir])
+        results["ours"] = run_ours(config, source, model_dir, eval_every=1)
+        print(f"ours:  hold-out top-1 {100 * results['ours']['top1']:.2f}% "
+              f"({results['ours']['seconds'] / 60:.1f} min)", flush=True)
+        keras.backend.clear_session()
+    if not args.skip_keras:
+        results["keras"] = run_keras(config, source)
+        print(f"keras: hold-out top-1 {100 * results['keras']['top1']:.2f}% "
+              f"({results['keras']['seconds'] / 60:.1f} min)", flush=True)
+    path = os.path.join(args.work_dir, f"results-{tag}.json")
+    with open(path, "w") as handle:
+        json.dump(results, handle, indent=2)
+    print(f"\n{'':8}" + "".join(f"{k:>10}" for k in ("top-1", "top-5", "minutes")))
+    for name in ("ours", "keras"):
+        if name in results:
+            r = results[name]
+            print(f"{name:8}{100 * r['top1']:>9.2f}%{100 * r['top5']:>9.2f}%{r['seconds'] / 60:>10.1f}")
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,584 @@
+"""The training loop: one `strategy.run` step for every strategy, several steps per tf.function call.
+
+Keras 3 `Model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), so training
+uses this custom loop everywhere: default strategy on a CPU, MirroredStrategy, multi-worker and TPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from efficientnet_tf.errors import UserError
+from efficientnet_tf.training import checkpoints, model_io, schedules
+from efficientnet_tf.training.ema import ExponentialMovingAverage, averaged_variables
+from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size, use_xla
+from efficientnet_tf.training.summaries import Progress, Summaries
+
+DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+EVAL_RESULTS_FILE = "eval_results.json"
+EVAL_HISTORY_FILE = "eval_history.jsonl"
+DEFAULT_STEPS_PER_LOOP = {"CPU": 1, "GPU": 100, "TPU": 1000}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training run ended with."""
+
+    step: int
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float] | None
+    checkpoint: str | None
+    best_checkpoint: str | None
+    resumed_from: str | None
+
+
+def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _batch_norm_statistics(model: keras.Model) -> list[keras.Variable]:
+    stats = []
+    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 - Keras has no public walk
+        if isinstance(layer, keras.layers.BatchNormalization):
+            stats.extend([layer.moving_mean, layer.moving_variance])
+    return stats
+
+
+def _decayed_variables(model: keras.Model) -> list[keras.Variable]:
+    """Trainable weights that get L2 weight decay: all but batch-norm gamma and beta."""
+    excluded = set()
+    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001
+        if isinstance(layer, keras.layers.BatchNormalization):
+            excluded.update(id(v) for v in layer.trainable_variables)
+    return [v for v in model.trainable_variables if id(v) not in excluded]
+
+
+def parse_profile_steps(value: str | None) -> tuple[int, int] | None:
+    """Parse "START,STOP" into a step range for the profiler."""
+    if not value:
+        return None
+    try:
+        start, stop = (int(part) for part in str(value).split(","))
+    except ValueError:
+        raise UserError(f"train.profile_steps must be START,STOP (e.g. 10,20), got {value!r}") from None
+    if not 0 <= start < stop:
+        raise UserError(f"train.profile_steps needs 0 <= START < STOP, got {value!r}")
+    return start, stop
+
+
+def _dataset_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    # The pipeline reports bad files through a py_function; its iterator can still be saved.
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
+
+
+class Trainer:
+    """Builds model, optimizer, EMA and checkpoints under a strategy, and runs training and eval.
+
+    `config` is a resolved config (see `hparams.resolve`). Dataset functions take a
+    `tf.distribute.InputContext` and return per-replica batches: training batches
+    (images float32 0..255, one-hot float32 labels), forever; eval batches (images, int labels), once.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        strategy_info: StrategyInfo,
+        model_dir: str,
+        *,
+        train_dataset_fn: DatasetFn | None = None,
+        eval_dataset_fn: DatasetFn | None = None,
+        init_weights: str | None = None,
+        build_model_fn: Callable[[], keras.Model] | None = None,
+    ):
+        self.config = config
+        self.info = strategy_info
+        self.strategy = strategy_info.strategy
+        self.model_dir = model_dir
+        self.train_dataset_fn = train_dataset_fn
+        self.eval_dataset_fn = eval_dataset_fn
+        train = config.train
+        self.global_batch = int(train.batch_size)
+        self.per_replica_batch = check_batch_size(self.global_batch, strategy_info)
+        self.eval_global_batch = int(config.eval.batch_size or self.global_batch)
+        check_batch_size(self.eval_global_batch, strategy_info, "eval.batch_size")
+        self.steps_per_epoch = int(train.steps_per_epoch)
+        self.total_steps = int(train.train_steps)
+        self.steps_per_loop = int(train.steps_per_loop or DEFAULT_STEPS_PER_LOOP[strategy_info.device_type])
+        self.jit_compile = use_xla(config.runtime.jit_compile, strategy_info.device_type)
+        self.profile = parse_profile_steps(train.profile_steps)
+        policy = keras.mixed_precision.global_policy().name
+        self.num_classes = int(config.model.num_classes)
+
+        resume_from = tf.train.latest_checkpoint(checkpoints.checkpoint_dir(model_dir))
+        with self.strategy.scope():
+            self.model = build_model_fn() if build_model_fn else model_io.build_model_from_config(config)
+            if init_weights and resume_from is None:
+                from efficientnet_tf.weights import load_pretrained
+
+                report = load_pretrained(self.model, init_weights)
+                logging.info("Initial weights from %s: %s", init_weights, report)
+            self.schedule = schedules.build_schedule(train, self.steps_per_epoch, self.total_steps)
+            self.optimizer = schedules.build_optimizer(train, self.schedule, loss_scaling=policy == "mixed_float16")
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                    aggregation=tf.VariableAggregation.NONE)
+            self.best_top1 = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best_top1",
+                                         aggregation=tf.VariableAggregation.NONE)
+            # Per-replica running sums since the last read: [loss, correct top-1, examples].
+            self._sums = tf.Variable(tf.zeros([3]), trainable=False, name="train_sums",
+                                     aggregation=tf.VariableAggregation.NONE)
+            decay = float(train.ema_decay)
+            self.ema = ExponentialMovingAverage(averaged_variables(self.model), decay) if decay > 0 else None
+        self._resume_from = resume_from
+        # Dropout / drop-connect random streams: Keras does not expose them to tf.train.Checkpoint,
+        # and an exact resume needs them.
+        self._random_states = tf.Module(name="random_states")
+        self._random_states.states = [
+            v.value for v in self.model.non_trainable_variables if v.path.endswith("seed_generator_state")
+        ]
+        self._decayed = _decayed_variables(self.model)
+        self._bn_stats = _batch_norm_statistics(self.model)
+        self._sync_bn = strategy_info.num_replicas > 1
+        self._train_iterator = None
+        self._iterator_saved = False
+        self._keeper: checkpoints.CheckpointKeeper | None = None
+        self._build_functions()
+
+    # ------------------------------------------------------------------------------------------
+    # Compiled functions
+
+    def _build_functions(self) -> None:
+        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        train = self.config.train
+        label_smoothing = float(train.label_smoothing)
+        weight_decay = float(train.weight_decay)
+        global_batch = float(self.global_batch)
+        replicas = float(self.info.num_replicas)
+        decayed = self._decayed
+        bn_stats = self._bn_stats
+        ema = self.ema
+        num_classes = self.num_classes
+
+        def train_step(images: tf.Tensor, labels: tf.Tensor) -> None:
+            step = self.step.read_value()
+            trainable = model.trainable_variables
+            with tf.GradientTape() as tape:
+                logits = tf.cast(model(images, training=True), tf.float32)
+                per_example = keras.losses.categorical_crossentropy(
+                    labels, logits, from_logits=True, label_smoothing=label_smoothing
+                )
+                # Gradients are summed over replicas, so each replica's share is sum / global batch.
+                loss = tf.reduce_sum(per_example) / global_batch
+                if weight_decay > 0:
+                    l2 = tf.add_n([tf.nn.l2_loss(tf.cast(v.value, tf.float32)) for v in decayed])
+                    loss += weight_decay * l2 / replicas
+                scaled = optimizer.scale_loss(loss)
+            grads = tape.gradient(scaled, trainable)
+            optimizer.apply(grads, trainable)
+            if self._sync_bn:
+                # Keras batch norm updates its moving statistics per replica; average them so that
+                # every replica (and the EMA and checkpoints) hold the same values.
+                context = tf.distribute.get_replica_context()
+                means = context.all_reduce(tf.distribute.ReduceOp.MEAN, [v.value.read_value() for v in bn_stats])
+                for variable, mean in zip(bn_stats, means):
+                    variable.value.assign(mean)
+            if ema is not None:
+                ema.update(step)
+            self.step.assign_add(1)
+            correct = tf.reduce_sum(
+                tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1)), tf.float32)
+            )
+            count = tf.cast(tf.shape(labels)[0], tf.float32)
+            self._sums.assign_add(tf.stack([tf.reduce_sum(per_example), correct, count]))
+
+        replica_step = tf.function(train_step, jit_compile=True) if self.jit_compile else train_step
+
+        @tf.function
+        def train_loop(iterator: Any, num_steps: tf.Tensor) -> None:
+            for _ in tf.range(num_steps):
+                images, labels = next(iterator)
+                strategy.run(replica_step, args=(images, labels))
+
+        def read_sums() -> tf.Tensor:
+            value = self._sums.read_value()
+            with tf.control_dependencies([value]):
+                reset = self._sums.assign(tf.zeros([3]))
+            with tf.control_dependencies([reset]):
+                return tf.identity(value)
+
+        @tf.function
+        def take_sums() -> tf.Tensor:
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(read_sums), axis=None)
+
+        @tf.function
+        def swap_ema() -> None:
+            strategy.run(lambda: ema.swap())
+
+        self._train_loop = train_loop
+        self._take_sums = take_sums
+        self._eval_batch = make_eval_batch_fn(strategy, model, num_classes)
+        self._swap_ema = swap_ema if ema is not None else None
+
+    # ------------------------------------------------------------------------------------------
+    # Input
+
+    def _make_train_iterator(self) -> tuple[Any, bool]:
+        """The training input iterator, and whether it can go into checkpoints.
+
+        With one replica per worker a plain tf.data iterator is used and saved with the
+        checkpoint (exact resume); with several local replicas or a TPU, tf.distribute's
+        iterator is needed and cannot be saved, so a resumed run restarts the input order.
+        """
+        if self.train_dataset_fn is None:
+            raise ValueError("Trainer.train needs train_dataset_fn")
+        if self.info.kind == "tpu" or self.info.num_local_replicas > 1:
+            dataset = self.strategy.distribute_datasets_from_function(
+                lambda context: _dataset_options(self.train_dataset_fn(context))
+            )
+            return iter(dataset), False
+        context = tf.distribute.InputContext(
+            num_input_pipelines=self.info.num_workers,
+            input_pipeline_id=self.info.worker_index,
+            num_replicas_in_sync=self.info.num_replicas,
+        )
+        return iter(_dataset_options(self.train_dataset_fn(context))), True
+
+    def _sample_images(self) -> np.ndarray | None:
+        """One batch of augmented training images from a separate pipeline (for TensorBoard)."""
+        try:
+            dataset = self.train_dataset_fn(tf.distribute.InputContext())
+            images, _ = next(iter(dataset.take(1)))
+            return images.numpy()
+        except (tf.errors.OpError, StopIteration, ValueError) as error:
+            logging.warning("Could not draw sample training images for TensorBoard: %s", error)
+            return None
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def _checkpoint(self, with_iterator: bool) -> tf.train.Checkpoint:
+        objects: dict[str, Any] = {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "step": self.step,
+            "best_top1": self.best_top1,
+        }
+        if self.ema is not None:
+            objects["ema"] = self.ema
+        if self._random_states.states:
+            objects["random_states"] = self._random_states
+        if with_iterator:
+            objects["iterator"] = self._train_iterator
+        return tf.train.Checkpoint(**objects)
+
+    def _make_keeper(self, with_iterator: bool) -> checkpoints.CheckpointKeeper:
+        return checkpoints.CheckpointKeeper(
+            self._checkpoint(with_iterator),
+            self.model_dir,
+            keep=int(self.config.train.keep_checkpoints),
+            step=self.step,
+            best_top1=self.best_top1,
+            is_chief=self.info.is_chief,
+            worker_index=self.info.worker_index,
+        )
+
+    def _save(self) -> str | None:
+        """Save a rolling checkpoint; drops the iterator from it if TensorFlow cannot save it."""
+        try:
+            return self._keeper.save()
+        except (tf.errors.OpError, ValueError, TypeError) as error:
+            if not self._iterator_saved:
+                raise
+            logging.warning("Cannot save the input pipeline position (%s); checkpoints will hold the "
+                            "model only and a resumed run restarts the input order", str(error).splitlines()[0])
+            self._iterator_saved = False
+            self._keeper = self._make_keeper(False)
+            return self._keeper.save()
+
+    def _restore(self, path: str) -> None:
+        status = self._keeper.checkpoint.restore(path)
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as error:
+            if self._iterator_saved and "iterator" in str(error).lower():
+                logging.warning("Checkpoint %s has no input position; the input order restarts", path)
+            else:
+                logging.warning("Partial restore from %s: %s", path, str(error).splitlines()[0])
+        status.expect_partial()
+
+    # ------------------------------------------------------------------------------------------
+    # Evaluation
+
+    def evaluate(self) -> dict[str, float]:
+        """Loss, top-1 and top-5 on the eval data with the moving-average weights (when enabled)."""
+        if self.eval_dataset_fn is None:
+            raise ValueError("Trainer.evaluate needs eval_dataset_fn")
+        if self._swap_ema is not None:
+            self._swap_ema()
+        try:
+            return evaluate_model(self.strategy, self._eval_batch, self.eval_dataset_fn)
+        finally:
+            if self._swap_ema is not None:
+                self._swap_ema()
+
+    # ------------------------------------------------------------------------------------------
+    # Training
+
+    def _next_stop(self, step: int) -> int:
+        """The step where the next tf.function call must end (log, checkpoint, epoch, profile, end)."""
+        train = self.config.train
+        stops = [
+            self.total_steps,
+            step + self.steps_per_loop,
+            (step // self.steps_per_epoch + 1) * self.steps_per_epoch,
+            (step // int(train.checkpoint_every_steps) + 1) * int(train.checkpoint_every_steps),
+            (step // int(train.log_every_steps) + 1) * int(train.log_every_steps),
+        ]
+        if self.profile:
+            stops.extend(s for s in self.profile if s > step)
+        return min(stops)
+
+    def train(self, *, eval_every_epochs: int | None = None) -> TrainResult:
+        """Train to `train.train_steps`, resuming from the latest checkpoint in model_dir.
+
+        With `eval_every_epochs`, evaluates every that many epochs and at the end, keeping the best
+        checkpoint by top-1. Raises NonFiniteLossError (leaving the last checkpoint) on a NaN loss.
+        """
+        train = self.config.train
+        self._train_iterator, can_save_iterator = self._make_train_iterator()
+        self._iterator_saved = bool(train.checkpoint_input and can_save_iterator)
+        self._keeper = self._make_keeper(self._iterator_saved)
+        if self._resume_from:
+            self._restore(self._resume_from)
+            if not self._iterator_saved:
+                logging.info("Resuming without a saved input position: the input order restarts")
+        start = int(self.step.numpy())
+        summaries = Summaries(self.model_dir, enabled=self.info.is_chief)
+        progress = Progress(self.total_steps, start, log_every=int(train.log_every_steps),
+                            enabled=self.info.is_chief)
+        if self._resume_from:
+            progress.message(f"Resumed from {self._resume_from} at step {start} of {self.total_steps}")
+        if start == 0 and self.info.is_chief:
+            summaries.hparams(_flatten(self.config))
+            if train.image_summary:
+                images = self._sample_images()
+                if images is not None:
+                    summaries.images(0, "augmented_images", images)
+
+        step = start
+        last_checkpoint = self._resume_from
+        eval_metrics: dict[str, float] | None = None
+        window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
+        train_metrics: dict[str, float] = {}
+        first_call = True
+        try:
+            while step < self.total_steps:
+                stop = self._next_stop(step)
+                if self.profile and step == self.profile[0]:
+                    summaries.start_profiler()
+                began = time.monotonic()
+                self._train_loop(self._train_iterator, tf.constant(stop - step, tf.int32))
+                loss_sum, correct, count = (float(x) for x in self._take_sums().numpy())
+                seconds = time.monotonic() - began
+                if not math.isfinite(loss_sum):
+                    raise NonFiniteLossError(
+                        f"the training loss became {loss_sum} between steps {step} and {stop}; "
+                        f"stopped without saving, the last good checkpoint is {last_checkpoint or 'none'} "
+                        "(lower train.base_learning_rate or add train.gradient_clip_norm)"
+                    )
+                steps_done = stop - step
+                step = stop
+                if self.profile and step == self.profile[1]:
+                    summaries.stop_profiler()
+                window["loss"] += loss_sum
+                window["correct"] += correct
+                window["count"] += count
+                if not first_call:  # the first call includes tracing and compilation
+                    window["steps"] += steps_done
+                    window["seconds"] += seconds
+                first_call = False
+                train_metrics = {
+                    "loss": window["loss"] / max(window["count"], 1.0),
+                    "top1": window["correct"] / max(window["count"], 1.0),
+                    "learning_rate": float(self.schedule(step - 1)),
+                }
+                if window["steps"]:
+                    train_metrics["images_per_second"] = window["steps"] * self.global_batch / window["seconds"]
+                    train_metrics["step_time_seconds"] = window["seconds"] / window["steps"]
+                epoch = step / self.steps_per_epoch
+                progress.update(step, epoch, train_metrics)
+                if step % int(train.log_every_steps) == 0 or step == self.total_steps:
+                    summaries.scalars(step, train_metrics)
+                    window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
+                epoch_end = step % self.steps_per_epoch == 0
+                finished = step == self.total_steps
+                if eval_every_epochs and self.eval_dataset_fn is not None and (
+                    finished or (epoch_end and round(epoch) % int(eval_every_epochs) == 0)
+                ):
+                    eval_metrics = self.evaluate()
+                    self._report_eval(summaries, step, eval_metrics, progress)
+                    if self._keeper.maybe_save_best(eval_metrics):
+                        progress.message(f"New best top-1 {100 * eval_metrics['top1']:.2f}% at step {step}")
+                if finished or epoch_end or step % int(train.checkpoint_every_steps) == 0:
+                    saved = self._save()
+                    last_checkpoint = saved or last_checkpoint
+        finally:
+            summaries.close()
+        if start >= self.total_steps:
+            logging.info("Already trained to step %d (train_steps=%d); nothing to do", start, self.total_steps)
+        best = tf.train.latest_checkpoint(checkpoints.best_dir(self.model_dir))
+        return TrainResult(step, train_metrics, eval_metrics, self._keeper.latest, best, self._resume_from)
+
+    def time_steps(self, num_steps: int, *, warmup_steps: int = 2) -> float:
+        """Seconds for `num_steps` training steps in one call, after a warmup call (benchmarks).
+
+        Runs the same compiled loop as `train`, without checkpoints or summaries.
+        """
+        if self._train_iterator is None:
+            self._train_iterator, _ = self._make_train_iterator()
+        self._train_loop(self._train_iterator, tf.constant(max(1, warmup_steps), tf.int32))
+        self._take_sums().numpy()
+        began = time.perf_counter()
+        self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
+        self._take_sums().numpy()  # waits for the steps to finish
+        return time.perf_counter() - began
+
+    def _report_eval(self, summaries: Summaries, step: int, metrics: dict[str, float], progress: Progress) -> None:
+        summaries.scalars(step, {k: v for k, v in metrics.items() if k != "examples"}, eval=True)
+        if self.info.is_chief:
+            write_eval_results(self.model_dir, step, metrics)
+        progress.message(
+            f"Eval at step {step}: top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, "
+            f"loss {metrics['loss']:.4f} ({int(metrics['examples'])} images)"
+        )
+
+
+def make_eval_batch_fn(strategy: tf.distribute.Strategy, model: keras.Model, num_classes: int) -> Callable:
+    """A tf.function (images, labels) -> summed [loss, top-1 hits, top-5 hits, count] over replicas."""
+    top_k = min(5, int(num_classes))
+
+    def eval_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        logits = tf.cast(model(images, training=False), tf.float32)
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
+        top5 = tf.cast(tf.math.in_top_k(labels, logits, top_k), tf.float32)
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.stack([tf.reduce_sum(loss), tf.reduce_sum(top1), tf.reduce_sum(top5), count])
+
+    @tf.function(reduce_retracing=True)
+    def eval_batch(images: Any, labels: Any) -> tf.Tensor:
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(eval_step, args=(images, labels)), axis=None)
+
+    return eval_batch
+
+
+def evaluate_model(strategy: tf.distribute.Strategy, eval_batch: Callable, eval_dataset_fn: DatasetFn) -> dict[str, float]:
+    """Run `eval_batch` over one pass of the distributed eval data and average the sums."""
+    dataset = strategy.distribute_datasets_from_function(lambda context: _dataset_options(eval_dataset_fn(context)))
+    totals = np.zeros(4, np.float64)
+    for images, labels in dataset:
+        totals += eval_batch(images, labels).numpy()
+    loss, top1, top5, count = totals
+    if count == 0:
+        raise UserError("the evaluation data is empty")
+    return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "examples": float(count)}
+
+
+def write_eval_results(model_dir: str, step: int, metrics: dict[str, float], checkpoint: str | None = None) -> str:
+    """Write model_dir/eval_results.json (latest) and append to eval_history.jsonl."""
+    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    if checkpoint:
+        record["checkpoint"] = checkpoint
+    path = os.path.join(model_dir, EVAL_RESULTS_FILE)
+    with tf.io.gfile.GFile(path, "w") as handle:
+        json.dump(record, handle, indent=2)
+    history = os.path.join(model_dir, EVAL_HISTORY_FILE)
+    lines = ""
+    if tf.io.gfile.exists(history):
+        with tf.io.gfile.GFile(history) as handle:
+            lines = handle.read()
+    with tf.io.gfile.GFile(history, "w") as handle:
+        handle.write(lines + json.dumps(record) + "\n")
+    return path
+
+
+def evaluate_checkpoints(
+    config: Any,
+    strategy_info: StrategyInfo,
+    model_dir: str,
+    eval_dataset_fn: DatasetFn,
+    *,
+    checkpoint: str | None = None,
+    continuous: bool = False,
+    timeout_seconds: float = 3600.0,
+    poll_seconds: float = 10.0,
+) -> dict[str, float]:
+    """Evaluate a checkpoint's averaged weights (the latest by default), or, `continuous`, every new
+    checkpoint as it appears until training's last step or `timeout_seconds` without a new one.
+
+    Writes eval scalars to TensorBoard (model_dir/logs/eval) and model_dir/eval_results.json;
+    returns the last metrics (with "step").
+    """
+    strategy = strategy_info.strategy
+    check_batch_size(int(config.eval.batch_size or config.train.batch_size), strategy_info, "eval.batch_size")
+    with strategy.scope():
+        model = model_io.build_model_from_config(config)
+    eval_batch = make_eval_batch_fn(strategy, model, int(config.model.num_classes))
+    summaries = Summaries(model_dir, enabled=strategy_info.is_chief, eval_only=True)
+    ema_decay = float(config.train.ema_decay)
+
+    def run_one(path: str) -> dict[str, float]:
+        step = model_io.restore_weights(model, path, ema_decay=ema_decay)
+        metrics = evaluate_model(strategy, eval_batch, eval_dataset_fn)
+        summaries.scalars(step, {k: v for k, v in metrics.items() if k != "examples"}, eval=True)
+        if strategy_info.is_chief:
+            write_eval_results(model_dir, step, metrics, checkpoint=path)
+        logging.info("Eval of %s (step %d): top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images", path, step,
+                     100 * metrics["top1"], 100 * metrics["top5"], metrics["loss"], int(metrics["examples"]))
+        return {**metrics, "step": float(step)}
+
+    try:
+        if not continuous:
+            return run_one(checkpoints.resolve_checkpoint(model_dir, checkpoint))
+        last: dict[str, float] | None = None
+        final_step = int(config.train.train_steps)
+        directory = checkpoints.checkpoint_dir(model_dir)
+        for path in tf.train.checkpoints_iterator(directory, min_interval_secs=poll_seconds, timeout=timeout_seconds):
+            try:
+                last = run_one(path)
+            except (tf.errors.NotFoundError, UserError) as error:
+                # Rolling checkpoints can be deleted between being listed and being read.
+                logging.warning("Skipping %s: %s", path, str(error).splitlines()[0])
+                continue
+            if checkpoints.step_of(path) >= final_step:
+                break
+        if last is None:
+            raise UserError(f"no new checkpoint appeared in {directory} within {timeout_seconds:.0f} s")
+        return last
+    finally:
+        summaries.close()

@@ -1,0 +1,360 @@
+"""Layered, strict configuration: defaults -> variant -> dataset -> --hparams -> flags.
+
+The configuration is an `ml_collections.ConfigDict`, locked after the defaults are read, so that
+its type checks and its refusal of unknown keys do the validation; this module adds YAML layers,
+dotted `key=value` overrides, nearest-key suggestions and the resolved-config file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import yaml
+from absl import logging
+
+from efficientnet_tf.errors import UserError
+
+CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULTS_FILE = os.path.join(CONFIG_DIR, "defaults.yaml")
+VARIANTS_FILE = os.path.join(CONFIG_DIR, "variants.yaml")
+DATASETS_DIR = os.path.join(CONFIG_DIR, "datasets")
+RESOLVED_CONFIG_NAME = "config.yaml"
+
+# Types of the keys whose default is null ("derived"); the others take the type of their default.
+_NULLABLE_TYPES: dict[str, type] = {
+    "model.image_size": int,
+    "model.num_classes": int,
+    "model.dropout_rate": float,
+    "model.batch_norm_momentum": float,
+    "model.width_coefficient": float,
+    "model.depth_coefficient": float,
+    "data.data_dir": str,
+    "data.resize_method": str,
+    "train.train_steps": int,
+    "train.steps_per_epoch": int,
+    "train.gradient_clip_norm": float,
+    "train.steps_per_loop": int,
+    "train.profile_steps": str,
+    "train.seed": int,
+    "eval.batch_size": int,
+}
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+
+# A comma starts a new override only when a `dotted.key=` follows it, so values may hold commas.
+_OVERRIDE_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")
+
+
+def _read_yaml(path: str) -> Any:
+    """Parse a YAML file (local or any filesystem TensorFlow reads) into Python values."""
+    import tensorflow as tf
+
+    try:
+        with tf.io.gfile.GFile(path, "r") as handle:
+            return yaml.safe_load(handle.read())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    except (OSError, tf.errors.OpError) as error:
+        raise UserError(f"cannot read config file {path}: {getattr(error, 'message', error)}") from None
+
+
+def flatten(config: Mapping[str, Any] | ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """Map a nested config to {"section.key": value}."""
+    items = config.items() if not isinstance(config, ml_collections.ConfigDict) else config.items()
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def suggest_key(key: str, valid: Iterable[str]) -> str | None:
+    """The valid key nearest to a misspelt one, or None when nothing is close."""
+    valid = list(valid)
+    section, _, leaf = key.rpartition(".")
+    same_section = {k.rpartition(".")[2]: k for k in valid if k.rpartition(".")[0] == section}
+    if same_section:
+        # Right section, wrong name: compare names only, so "train.lr" is not matched to "train.seed".
+        match = difflib.get_close_matches(leaf, list(same_section), n=1, cutoff=0.6)
+        if match:
+            return same_section[match[0]]
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.8)
+    if match:
+        return match[0]
+    # Wrong or missing section: compare the last component with every key's ("batchsize").
+    leaves = {k.rpartition(".")[2]: k for k in valid}
+    match = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.75)
+    return leaves[match[0]] if match else None
+
+
+def _unknown_key_error(key: str, config: ml_collections.ConfigDict, origin: str) -> UserError:
+    suggestion = suggest_key(key, flatten(config))
+    hint = f"; did you mean {suggestion}?" if suggestion else "; see hparams/defaults.yaml for the keys"
+    return UserError(f"unknown hparams key {key!r} in {origin}{hint}")
+
+
+def set_value(config: ml_collections.ConfigDict, key: str, value: Any, origin: str) -> None:
+    """Set one dotted key strictly: it must exist and the value must fit its type."""
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise _unknown_key_error(key, config, origin)
+        node = node[part]
+    leaf = parts[-1]
+    if leaf not in node:
+        raise _unknown_key_error(key, config, origin)
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        if not isinstance(value, Mapping):
+            raise UserError(f"hparams key {key!r} in {origin} is a section; set one of its keys, e.g. {key}.<name>")
+        merge(config, value, origin, prefix=key + ".")
+        return
+    current = node[leaf]
+    if current is None and value is not None:
+        expected = _NULLABLE_TYPES.get(key)
+        if expected is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if expected is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise UserError(f"hparams key {key!r} in {origin} takes {_TYPE_WORDS[expected]}, got {value!r}")
+    if isinstance(current, str) and isinstance(value, (bool, int, float)):
+        value = str(value).lower() if isinstance(value, bool) else str(value)  # e.g. jit_compile=true
+    if isinstance(current, bool) and not isinstance(value, bool) and value is not None:
+        raise UserError(f"hparams key {key!r} in {origin} takes true or false, got {value!r}")
+    if isinstance(current, (int, float)) and not isinstance(current, bool) and isinstance(value, bool):
+        raise UserError(f"hparams key {key!r} in {origin} takes a number, got {value!r}")
+    if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
+        if not value.is_integer():
+            raise UserError(f"hparams key {key!r} in {origin} takes an integer, got {value!r}")
+        value = int(value)
+    try:
+        node[leaf] = value
+    except TypeError:
+        raise UserError(
+            f"hparams key {key!r} in {origin} takes {_TYPE_WORDS.get(type(current), type(current).__name__)}, "
+            f"got {value!r}"
+        ) from None
+
+
+def merge(config: ml_collections.ConfigDict, values: Mapping[str, Any] | None, origin: str, prefix: str = "") -> None:
+    """Merge a nested mapping (a YAML layer) into the config, strictly."""
+    if values is None:
+        return
+    if not isinstance(values, Mapping):
+        raise UserError(f"{origin} must hold a mapping of sections (model:, data:, train:, ...), got {type(values).__name__}")
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            parts = name.split(".")
+            node = config
+            for part in parts:
+                node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+            if isinstance(node, ml_collections.ConfigDict):
+                merge(config, value, origin, prefix=name + ".")
+                continue
+        set_value(config, name, value, origin)
+
+
+def parse_override_value(text: str) -> Any:
+    """Interpret the right-hand side of key=value as YAML (numbers, true/false, null, lists)."""
+    text = text.strip()
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def split_overrides(items: Sequence[str]) -> list[str]:
+    """Split --hparams items into YAML file paths and single `key=value` overrides, in order."""
+    parts: list[str] = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item.split(",")[0] and (item.endswith((".yaml", ".yml")) or os.path.exists(item)):
+            parts.append(item)
+            continue
+        parts.extend(p.strip() for p in _OVERRIDE_SPLIT.split(item) if p.strip())
+    return parts
+
+
+def apply_overrides(config: ml_collections.ConfigDict, items: Sequence[str]) -> None:
+    """Apply --hparams values: YAML files and `a.b=value` overrides, strictly, in order."""
+    for part in split_overrides(items):
+        if "=" in part:
+            key, _, text = part.partition("=")
+            key = key.strip()
+            if not key:
+                raise UserError(f"bad hparams override {part!r}; write section.key=value")
+            set_value(config, key, parse_override_value(text), f"--hparams {part}")
+        elif part.endswith((".yaml", ".yml")) or os.path.exists(part):
+            import tensorflow as tf
+
+            if not tf.io.gfile.exists(part):
+                raise UserError(f"hparams file {part} does not exist")
+            merge(config, _read_yaml(part), part)
+        else:
+            raise UserError(f"bad --hparams value {part!r}; give a .yaml file or section.key=value")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The defaults from hparams/defaults.yaml, locked against new keys."""
+    values = _read_yaml(DEFAULTS_FILE)
+    config = ml_collections.ConfigDict(values)
+    config.lock()
+    return config
+
+
+def dataset_file(dataset: str) -> str | None:
+    """The per-dataset YAML for a dataset spec (exact name first, then its family), if any."""
+    spec = dataset.strip()
+    family = spec.split(":", 1)[0]
+    candidates = [re.sub(r"[^A-Za-z0-9_.-]+", "_", spec), family]
+    for name in candidates:
+        path = os.path.join(DATASETS_DIR, f"{name}.yaml")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def variant_layer(model_name: str) -> Mapping[str, Any] | None:
+    """The per-variant overrides for a model name from variants.yaml."""
+    table = _read_yaml(VARIANTS_FILE) or {}
+    return table.get(model_name)
+
+
+def build_config(
+    overrides: Sequence[str] = (),
+    flag_values: Mapping[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
+    """Layer defaults, the model's variant YAML, the dataset YAML, --hparams and explicit flags.
+
+    `flag_values` maps dotted keys to values of flags the user gave explicitly; they win over
+    everything. Which variant and dataset layers apply is decided after all layers are known,
+    so `--hparams=model.name=...` picks its variant layer too.
+    """
+    flag_values = dict(flag_values or {})
+    probe = default_config()
+    apply_overrides(probe, overrides)
+    for key, value in flag_values.items():
+        set_value(probe, key, value, f"flag for {key}")
+    model_name, dataset = probe.model.name, probe.data.dataset
+
+    config = default_config()
+    variant = variant_layer(model_name)
+    if variant:
+        merge(config, variant, f"{os.path.basename(VARIANTS_FILE)}[{model_name}]")
+    path = dataset_file(dataset)
+    if path:
+        merge(config, _read_yaml(path), os.path.relpath(path, os.path.dirname(CONFIG_DIR)))
+    apply_overrides(config, overrides)
+    for key, value in flag_values.items():
+        set_value(config, key, value, f"flag for {key}")
+    logging.info("Config layers: defaults, variant %s%s, dataset %s%s, %d override(s), %d flag(s)",
+                 model_name, "" if variant else " (none)", dataset, "" if path else " (none)",
+                 len(split_overrides(overrides)), len(flag_values))
+    return config
+
+
+def _ordered_like(values: dict[str, Any], template: Any) -> dict[str, Any]:
+    """`values` with keys in the order of `template` (defaults.yaml), unknown keys last."""
+    if not isinstance(template, dict):
+        return values
+    ordered = {}
+    for key in list(template) + [k for k in values if k not in template]:
+        if key in values:
+            value = values[key]
+            ordered[key] = _ordered_like(value, template.get(key)) if isinstance(value, dict) else value
+    return ordered
+
+
+def to_yaml(config: ml_collections.ConfigDict) -> str:
+    """The config as YAML text, keys in the order of defaults.yaml."""
+    values = _ordered_like(config.to_dict(), _read_yaml(DEFAULTS_FILE))
+    return yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
+
+
+def save_config(config: ml_collections.ConfigDict, model_dir: str) -> str:
+    """Write the resolved config to model_dir/config.yaml and return the path."""
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, RESOLVED_CONFIG_NAME)
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as handle:
+        handle.write("# Resolved configuration of this run, written by main.py; eval and export read it.\n")
+        handle.write(to_yaml(config))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return path
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """Read a resolved config.yaml back, checked against today's defaults (strict)."""
+    import tensorflow as tf
+
+    if tf.io.gfile.isdir(path):
+        path = os.path.join(path, RESOLVED_CONFIG_NAME)
+    if not tf.io.gfile.exists(path):
+        raise UserError(f"no {RESOLVED_CONFIG_NAME} at {path}; train into that --model_dir first")
+    config = default_config()
+    merge(config, _read_yaml(path), path)
+    return config
+
+
+def differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two configs: {key: (a value, b value)}."""
+    fa, fb = flatten(a), flatten(b)
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+
+
+def resolve(config: ml_collections.ConfigDict, *, num_classes: int, num_train: int) -> ml_collections.ConfigDict:
+    """Fill the derived (null) values from the variant table and the dataset; returns a copy."""
+    from efficientnet_tf import get_variant
+
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    resolved.lock()
+    variant = get_variant(resolved.model.name)
+    model, data, train = resolved.model, resolved.data, resolved.train
+    if model.image_size is None:
+        model.image_size = int(variant.resolution)
+    if model.dropout_rate is None:
+        model.dropout_rate = float(variant.dropout_rate)
+    if data.resize_method is None:
+        data.resize_method = variant.resize_method
+    if model.num_classes is None:
+        model.num_classes = int(num_classes)
+    elif int(model.num_classes) != int(num_classes):
+        raise UserError(
+            f"model.num_classes={model.num_classes} but dataset {data.dataset} has {num_classes} classes; "
+            "drop the override"
+        )
+    if int(train.batch_size) < 1:
+        raise UserError(f"batch size must be at least 1, got {train.batch_size}")
+    if train.steps_per_epoch is None:
+        if num_train < int(train.batch_size):
+            raise UserError(
+                f"batch size {train.batch_size} is larger than the {num_train} training images of "
+                f"{data.dataset}; use a smaller --batch_size"
+            )
+        train.steps_per_epoch = int(num_train) // int(train.batch_size)
+    if train.train_steps is None:
+        train.train_steps = max(1, int(round(float(train.epochs) * int(train.steps_per_epoch))))
+    if resolved.eval.batch_size is None:
+        resolved.eval.batch_size = int(train.batch_size)
+    for key in ("train.train_steps", "train.steps_per_epoch", "model.image_size", "train.log_every_steps",
+                "train.checkpoint_every_steps", "train.keep_checkpoints"):
+        section, name = key.split(".")
+        if int(resolved[section][name]) < 1:
+            raise UserError(f"{key} must be at least 1, got {resolved[section][name]}")
+    return resolved

@@ -1,0 +1,165 @@
+"""The configuration system: defaults from RECIPE.md §4, layering, strict overrides, resolve, save/load."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+import hparams
+from efficientnet_tf.errors import UserError
+
+
+def test_defaults_are_the_reference_recipe() -> None:
+    train = hparams.default_config().train
+    assert (train.optimizer, train.rmsprop_rho, train.momentum, train.epsilon) == ("rmsprop", 0.9, 0.9, 1e-3)
+    assert train.base_learning_rate == 0.016 and train.warmup_epochs == 5
+    assert (train.lr_schedule, train.lr_decay_rate, train.lr_decay_epochs, train.lr_staircase) == (
+        "exponential", 0.97, 2.4, True)
+    assert train.label_smoothing == 0.1 and train.weight_decay == 1e-5
+    assert train.ema_decay == 0.9999 and train.epochs == 350
+    assert hparams.default_config().model.drop_connect_rate == 0.2
+
+
+def test_layers_apply_in_order() -> None:
+    # defaults < variant < dataset < --hparams (in order) < flags
+    config = hparams.build_config()
+    assert config.model.image_size == 96  # datasets/imagenette_mini.yaml, the default dataset
+    config = hparams.build_config(["model.name=efficientnet-b5"])
+    assert config.data.randaug_magnitude == 17  # variants.yaml follows a model chosen in --hparams
+    config = hparams.build_config(["train.batch_size=64", "train.batch_size=48"], {"train.epochs": 2.0})
+    assert config.train.batch_size == 48 and config.train.epochs == 2.0
+    config = hparams.build_config(["train.batch_size=64"], {"train.batch_size": 16})
+    assert config.train.batch_size == 16
+    config = hparams.build_config([], {"data.dataset": "imagenet"})
+    assert config.model.image_size is None and config.train.batch_size == 2048
+
+
+def test_yaml_files_and_commas_inside_values(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "short.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr_schedule: cosine\ndata:\n  augment: randaugment\n")
+    config = hparams.build_config([str(path), "train.profile_steps=10,20,train.seed=5"])
+    assert (config.train.epochs, config.train.lr_schedule, config.data.augment) == (3, "cosine", "randaugment")
+    assert config.train.profile_steps == "10,20" and config.train.seed == 5
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.batch_sise=3", "did you mean train.batch_size?"),
+        ("trian.epochs=3", "did you mean train.epochs?"),
+        ("batchsize=3", "did you mean train.batch_size?"),
+        ("train.learning_rat=0.1", "learning_rate?"),
+        ("train.zzz=1", "see hparams/defaults.yaml"),
+    ],
+)
+def test_unknown_keys_fail_with_a_suggestion(override: str, expected: str) -> None:
+    with pytest.raises(UserError) as caught:
+        hparams.build_config([override])
+    message = str(caught.value)
+    assert "unknown hparams key" in message and expected in message and "\n" not in message
+
+
+def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  warmup_epoch: 1\n")
+    with pytest.raises(UserError, match=r"unknown hparams key 'train.warmup_epoch' in .*bad.yaml; did you mean "
+                                        r"train.warmup_epochs\?"):
+        hparams.build_config([str(path)])
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.batch_size=abc", "takes an integer"),
+        ("train.batch_size=1.5", "takes an integer"),
+        ("model.image_size=1.5", "takes an integer"),
+        ("train.deterministic=1", "takes true or false"),
+        ("train.epochs=true", "takes a number"),
+        ("train=3", "is a section"),
+        ("=3", "write section.key=value"),
+    ],
+)
+def test_type_errors_are_one_line(override: str, fragment: str) -> None:
+    with pytest.raises(UserError, match=fragment):
+        hparams.build_config([override])
+
+
+def test_values_are_typed() -> None:
+    config = hparams.build_config(["train.epochs=2", "runtime.jit_compile=true", "model.dropout_rate=0",
+                                   "train.train_steps=10.0"])
+    assert config.train.epochs == 2.0 and isinstance(config.train.epochs, float)
+    assert config.runtime.jit_compile == "true"
+    assert config.model.dropout_rate == 0.0 and isinstance(config.model.dropout_rate, float)
+    assert config.train.train_steps == 10 and isinstance(config.train.train_steps, int)
+
+
+def test_missing_or_invalid_yaml(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        hparams.build_config([str(tmp_path / "nope.yaml")])
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        hparams.build_config([str(bad)])
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="mapping of sections"):
+        hparams.build_config([str(listing)])
+
+
+def test_resolve_fills_derived_values() -> None:
+    config = hparams.build_config(["model.name=efficientnet-b2", "data.dataset=imagenet"], {"train.batch_size": 256})
+    resolved = hparams.resolve(config, num_classes=1000, num_train=1_281_167)
+    assert resolved.model.image_size == 260 and resolved.model.dropout_rate == 0.3
+    assert resolved.data.resize_method == "bicubic" and resolved.model.num_classes == 1000
+    assert resolved.train.steps_per_epoch == 1_281_167 // 256
+    assert resolved.train.train_steps == 350 * (1_281_167 // 256)
+    assert resolved.eval.batch_size == 256
+    assert config.model.image_size is None  # resolve returns a copy
+    lite = hparams.resolve(hparams.build_config(["model.name=efficientnet-lite0"]), num_classes=10, num_train=800)
+    assert lite.data.resize_method == "bilinear"
+    steps = hparams.resolve(hparams.build_config([], {"train.train_steps": 7}), num_classes=10, num_train=800)
+    assert steps.train.train_steps == 7
+
+
+def test_resolve_rejects_inconsistent_values() -> None:
+    with pytest.raises(UserError, match="has 10 classes"):
+        hparams.resolve(hparams.build_config(["model.num_classes=5"]), num_classes=10, num_train=800)
+    with pytest.raises(UserError, match="larger than the 800 training images"):
+        hparams.resolve(hparams.build_config([], {"train.batch_size": 1024}), num_classes=10, num_train=800)
+    with pytest.raises(UserError, match="log_every_steps must be at least 1"):
+        hparams.resolve(hparams.build_config(["train.log_every_steps=0"]), num_classes=10, num_train=800)
+
+
+def test_save_and_load_round_trip(tmp_path: pathlib.Path) -> None:
+    config = hparams.resolve(hparams.build_config(["train.seed=3,data.augment=randaugment"]), num_classes=10,
+                             num_train=800)
+    path = hparams.save_config(config, str(tmp_path))
+    assert pathlib.Path(path).name == "config.yaml"
+    loaded = hparams.load_config(str(tmp_path))
+    assert hparams.differences(config, loaded) == {}
+    assert loaded.train.seed == 3 and loaded.model.image_size == 96
+    text = pathlib.Path(path).read_text()
+    assert text.index("model:") < text.index("data:") < text.index("train:")
+    (tmp_path / "config.yaml").write_text(text.replace("  epochs:", "  epochz:"))
+    with pytest.raises(UserError, match="did you mean train.epochs"):
+        hparams.load_config(str(tmp_path))
+    with pytest.raises(UserError, match="no config.yaml"):
+        hparams.load_config(str(tmp_path / "elsewhere"))
+
+
+def test_dataset_files_are_found_by_name_then_family() -> None:
+    assert hparams.dataset_file("imagenette_mini").endswith("imagenette_mini.yaml")
+    assert hparams.dataset_file("synthetic").endswith("synthetic.yaml")
+    assert hparams.dataset_file("tfds:cifar10") is None or "tfds" in hparams.dataset_file("tfds:cifar10")
+    assert hparams.dataset_file("nothing-like-this") is None
+
+
+def test_every_shipped_yaml_is_valid() -> None:
+    root = pathlib.Path(hparams.DEFAULTS_FILE).parent
+    for path in sorted(root.rglob("*.yaml")):
+        if path.name in ("defaults.yaml", "variants.yaml"):
+            continue
+        hparams.build_config([str(path)])  # strict: fails on any unknown key or wrong type
+    for name in ("efficientnet-b5", "efficientnet-b7", "efficientnet-b0"):
+        hparams.build_config([f"model.name={name}"])

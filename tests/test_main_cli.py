@@ -1,0 +1,133 @@
+"""main.py as a user meets it: wrong input gives one line and a non-zero exit; train then eval works."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TINY = "model.width_coefficient=0.25,model.depth_coefficient=0.25,model.image_size=32"
+
+
+def _main(*args: str, cwd: pathlib.Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("TF_CONFIG", None)
+    env.update({"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)})
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # main.py must keep TensorFlow quiet by itself
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=str(cwd), env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    output = (proc.stdout + proc.stderr).strip()
+    assert "Traceback" not in output, output
+    lines = output.splitlines()
+    assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{output}"
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_unknown_flag_value() -> None:
+    line = _assert_one_line_error(_main("--mode=fly"), "--mode=fly", "train_and_eval")
+    assert _main("--mode=fly").returncode == 2 and line
+
+
+def test_unknown_flag_suggests_the_right_one() -> None:
+    _assert_one_line_error(_main("--modle=efficientnet-b0"), "modle", "Did you mean", "model")
+
+
+def test_stray_positional_argument() -> None:
+    _assert_one_line_error(_main("train"), "unexpected argument")
+
+
+def test_unknown_hparams_key_with_suggestion() -> None:
+    _assert_one_line_error(_main("--hparams=train.batch_sise=64"), "unknown hparams key 'train.batch_sise'",
+                           "did you mean train.batch_size?")
+
+
+def test_unknown_model_name_lists_valid_names() -> None:
+    _assert_one_line_error(_main("--model=efficientnet-b99"), "efficientnet-b99", "efficientnet-b0",
+                           "efficientnet-lite0")
+
+
+def test_missing_data_dir(tmp_path: pathlib.Path) -> None:
+    _assert_one_line_error(_main(f"--data_dir={tmp_path / 'nowhere'}"), "does not exist", "--data_dir")
+    _assert_one_line_error(_main(f"--dataset=folder:{tmp_path / 'nowhere'}"), "does not exist")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any directory")
+def test_unreadable_data_dir(tmp_path: pathlib.Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        _assert_one_line_error(_main(f"--data_dir={locked}"), "not readable")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_data_dir_that_is_a_file(tmp_path: pathlib.Path) -> None:
+    plain = tmp_path / "file.txt"
+    plain.write_text("x")
+    _assert_one_line_error(_main(f"--data_dir={plain}"), "is not a directory")
+
+
+def test_unreachable_tpu() -> None:
+    address = f"grpc://127.0.0.1:{_closed_port()}"
+    _assert_one_line_error(_main(f"--tpu={address}"), "cannot reach the TPU", address)
+
+
+def test_batch_not_divisible_by_replicas() -> None:
+    _assert_one_line_error(_main("--cpu_devices=2", "--batch_size=7"), "--batch_size=7",
+                           "across 2 replicas", "multiple of 2")
+
+
+def test_unwritable_model_dir(tmp_path: pathlib.Path) -> None:
+    plain = tmp_path / "file.txt"
+    plain.write_text("x")
+    _assert_one_line_error(_main(f"--model_dir={plain / 'run'}", "--dataset=synthetic"), "cannot write to --model_dir")
+
+
+def test_eval_without_a_training_run(tmp_path: pathlib.Path) -> None:
+    _assert_one_line_error(_main("--mode=eval", f"--model_dir={tmp_path}"), "no config.yaml")
+
+
+def test_train_eval_resume_and_model_mismatch(tmp_path: pathlib.Path) -> None:
+    run = tmp_path / "run"
+    args = ["--mode=train_and_eval", "--dataset=synthetic", f"--model_dir={run}", "--train_steps=4",
+            "--batch_size=8", f"--hparams={TINY}", "--hparams=train.steps_per_epoch=2"]
+    trained = _main(*args)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "Trained efficientnet-b0 on synthetic to step 4" in trained.stdout
+    assert "tensorboard --logdir" in trained.stdout and "--mode=export" in trained.stdout
+    assert (run / "config.yaml").exists() and (run / "labels.txt").read_text().count("\n") == 10
+    first = json.loads((run / "eval_results.json").read_text())
+    assert first["step"] == 4
+
+    again = _main(*args)  # same command: nothing left to do, exits cleanly
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resumed from" in again.stderr and "step 4" in again.stdout
+
+    evaluated = _main("--mode=eval", f"--model_dir={run}", "--checkpoint=best")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"top-1 {100 * first['top1']:.2f}%" in evaluated.stdout
+    assert json.loads((run / "eval_results.json").read_text())["top1"] == pytest.approx(first["top1"])
+
+    _assert_one_line_error(_main(*args[:-2], "--hparams=model.width_coefficient=0.5,model.depth_coefficient=0.25,"
+                                             "model.image_size=32"), "model.width_coefficient=0.25", "--model_dir")
+    _assert_one_line_error(_main("--mode=eval", f"--model_dir={run}", "--checkpoint=/no/such/ckpt"),
+                           "does not exist")
