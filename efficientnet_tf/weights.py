@@ -100,8 +100,11 @@ def _weights_of_h5(path: str) -> dict[str, list[np.ndarray]]:
                 if names:
                     out[name] = [np.array(group[n]) for n in names]
         elif "layers" in root:  # Keras 3 .weights.h5: layers/<name>/vars/<i>
-            for name, group in root["layers"].items():
+            # Groups are keyed by object path (conv2d_3, ...); the layer's own name is an attribute.
+            for key, group in root["layers"].items():
                 if "vars" in group and len(group["vars"]):
+                    name = group["vars"].attrs.get("name", key)
+                    name = name.decode() if isinstance(name, bytes) else str(name)
                     out[name] = [np.array(group["vars"][str(i)]) for i in range(len(group["vars"]))]
         else:
             raise UserError(f"{path} is not a Keras weights file (no layer_names or layers group)")
