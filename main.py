@@ -262,6 +262,7 @@ def dataset_functions(config: Any, source: Any) -> tuple[Any, Any]:
             deterministic=bool(config.train.deterministic),
             cache=bool(d.cache),
             input_context=context,
+            min_crop_area=float(d.min_crop_area),
         )
 
     def eval_fn(context: Any) -> Any:
@@ -361,7 +362,8 @@ def training_report(config: Any, model_dir: str, result: Any) -> str:
                      f"top-1 {100 * result.train_metrics['top1']:.1f}%")
     if result.eval_metrics:
         m = result.eval_metrics
-        lines.append(f"  eval ({int(m['examples'])} held-out images, EMA weights): top-1 {100 * m['top1']:.2f}%, "
+        weights = "EMA weights" if float(config.train.ema_decay) > 0 else "final weights"
+        lines.append(f"  eval ({int(m['examples'])} held-out images, {weights}): top-1 {100 * m['top1']:.2f}%, "
                      f"top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f}")
     lines += [
         f"  checkpoints:      {result.checkpoint}" + (f" (best: {result.best_checkpoint})" if result.best_checkpoint else ""),

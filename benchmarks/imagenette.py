@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"keras: hold-out top-1 {100 * results['keras']['top1']:.2f}% "
               f"({results['keras']['seconds'] / 60:.1f} min)", flush=True)
     path = os.path.join(args.work_dir, f"results-{tag}.json")
+    if os.path.exists(path):  # --skip_ours / --skip_keras runs complete an earlier run's file
+        with open(path) as handle:
+            earlier = json.load(handle)
+        results = {**earlier, **results} if earlier.get("recipe") == results["recipe"] else results
     with open(path, "w") as handle:
         json.dump(results, handle, indent=2)
     print(f"\n{'':8}" + "".join(f"{k:>10}" for k in ("top-1", "top-5", "minutes")))

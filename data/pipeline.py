@@ -66,9 +66,12 @@ def build_train_dataset(
     deterministic: bool = False,
     cache: bool = False,
     input_context: tf.distribute.InputContext | None = None,
+    min_crop_area: float = preprocessing.AREA_RANGE[0],
 ) -> tf.data.Dataset:
     """Infinite shuffled batches (float32 [B, H, W, 3] in 0..255, float32 one-hot [B, classes])."""
     method = _check_common(image_size, batch_size, resize_method)
+    if not 0.0 < float(min_crop_area) <= 1.0:
+        raise UserError(f"min_crop_area must be in (0, 1], got {min_crop_area}")
     augment = (augment or "none").lower()
     if augment not in AUGMENTATIONS:
         raise UserError(f"unknown augment {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
@@ -125,7 +128,9 @@ def build_train_dataset(
         crop_seed = tf.random.experimental.stateless_fold_in(element_seed, 1)
         augment_seed = tf.random.experimental.stateless_fold_in(element_seed, 2)
         image_bytes, label = src.parse(read(record["payload"]), record["label"])
-        image = preprocessing.preprocess_for_train(image_bytes, image_size, method, seed=crop_seed)
+        image = preprocessing.preprocess_for_train(
+            image_bytes, image_size, method, seed=crop_seed, min_crop_area=min_crop_area
+        )
         if augment != "none":
             pixels = tf.cast(tf.round(image), tf.uint8)  # already clipped to 0..255
             if augment == "autoaugment":

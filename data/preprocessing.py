@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from efficientnet_tf.errors import UserError
+
 from ._random import RandomStream
 
 CROP_PADDING = 32
@@ -55,15 +57,21 @@ def center_crop_window(image_shape: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.stack([offset_y, offset_x, crop, crop])
 
 
-def random_crop_window(image_shape: tf.Tensor, image_size: int, rng: RandomStream) -> tf.Tensor:
-    """[offset_y, offset_x, height, width] of an Inception-style random crop (eval crop on failure)."""
+def random_crop_window(
+    image_shape: tf.Tensor, image_size: int, rng: RandomStream, min_area: float = AREA_RANGE[0]
+) -> tf.Tensor:
+    """[offset_y, offset_x, height, width] of an Inception-style random crop (eval crop on failure).
+
+    The crop covers `min_area`..100% of the image (the reference: 8%); short schedules on small
+    datasets learn faster with a larger minimum.
+    """
     image_shape = tf.cast(image_shape, tf.int32)
     whole_image = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4])
     kwargs = dict(
         bounding_boxes=whole_image,
         min_object_covered=MIN_OBJECT_COVERED,
         aspect_ratio_range=ASPECT_RATIO_RANGE,
-        area_range=AREA_RANGE,
+        area_range=(float(min_area), AREA_RANGE[1]),
         max_attempts=MAX_ATTEMPTS,
         use_image_if_no_bounding_boxes=True,
     )
@@ -116,11 +124,14 @@ def preprocess_for_train(
     image_size: int,
     resize_method: str = "bicubic",
     seed: tf.Tensor | None = None,
+    min_crop_area: float = AREA_RANGE[0],
 ) -> tf.Tensor:
     """Random Inception crop, random horizontal flip and resize → float32 [size, size, 3] in 0..255."""
     method = check_resize_method(resize_method)
+    if not 0.0 < float(min_crop_area) <= 1.0:
+        raise UserError(f"min_crop_area must be in (0, 1], got {min_crop_area}")
     rng = RandomStream(seed)
-    crop = _decode_and_crop(image_bytes, lambda shape: random_crop_window(shape, image_size, rng))
+    crop = _decode_and_crop(image_bytes, lambda shape: random_crop_window(shape, image_size, rng, min_crop_area))
     if rng.seeded:
         crop = tf.image.stateless_random_flip_left_right(crop, seed=rng.next_seed())
     else:

@@ -72,20 +72,30 @@ def variant_counts(model_name: str, resolution: int | None = None, classes: int 
 
 
 def summary_table(model_names: tuple[str, ...] | None = None) -> str:
-    """A text table of every variant: resolution, width, depth, params and MAdds beside the paper's."""
+    """A text table of every variant: resolution, width, depth, params and MAdds beside the paper's.
+
+    Paper figures are the EfficientNet paper's Table 2 (B0-B7) and the EfficientNet-Lite README
+    (lite0-4); B8 (AdvProp) has none. L2 (480M parameters at 800 px) is left out unless named.
+    """
     names = model_names or tuple(n for n in scaling.VARIANT_NAMES if n != "efficientnet-l2")
     header = (
-        f"{'model':<20}{'res':>5}{'width':>7}{'depth':>7}{'params':>10}{'paper':>8}"
-        f"{'MAdds':>10}{'paper':>9}{'dropout':>9}"
+        f"{'model':<20}{'res':>5}{'width':>7}{'depth':>7}{'params':>10}{'trainable':>11}{'paper':>8}"
+        f"{'MAdds':>10}{'paper':>9}{'diff':>8}{'dropout':>9}"
     )
     rows = [header, "-" * len(header)]
     for name in names:
         variant = scaling.get_variant(name)
         counts = variant_counts(name)
-        paper_params, paper_madds = PAPER_FIGURES.get(name, (float("nan"), float("nan")))
+        paper = PAPER_FIGURES.get(name)
+        madds = counts.madds / 1e9
+        paper_params = f"{paper[0]:>7.1f}M" if paper else f"{'-':>8}"
+        paper_madds = f"{paper[1]:>8.3g}B" if paper else f"{'-':>9}"
+        diff = f"{100 * (madds / paper[1] - 1):>+7.1f}%" if paper else f"{'-':>8}"
         rows.append(
             f"{name:<20}{variant.resolution:>5}{variant.width:>7.2f}{variant.depth:>7.2f}"
-            f"{counts.total_params / 1e6:>9.2f}M{paper_params:>7.1f}M"
-            f"{counts.madds / 1e9:>9.3f}B{paper_madds:>8.3g}B{variant.dropout_rate:>9.2f}"
+            f"{counts.total_params / 1e6:>9.2f}M{counts.trainable_params / 1e6:>10.2f}M{paper_params}"
+            f"{madds:>9.3f}B{paper_madds}{diff}{variant.dropout_rate:>9.2f}"
         )
+    rows.append("params include batch-norm statistics (as keras.applications counts); MAdds: conv, depthwise, "
+                "SE and dense multiply-adds at the listed resolution, 1000 classes")
     return "\n".join(rows)

@@ -235,3 +235,13 @@ def test_initialisers_follow_reference():
     assert np.abs(dense).max() > 0.9 / math.sqrt(1000)
     bn = model.get_layer("stem_bn")
     assert bn.momentum == 0.99 and bn.epsilon == 1e-3
+
+
+def test_summary_table_rows():
+    """`main.py --mode=summary`'s table: our counts beside the paper's, '-' where the paper has none."""
+    table = counting.summary_table(("efficientnet-b0", "efficientnet-lite0", "efficientnet-b8"))
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:5]}
+    assert rows["efficientnet-b0"][:7] == ["efficientnet-b0", "224", "1.00", "1.00", "5.33M", "5.29M", "5.3M"]
+    assert rows["efficientnet-b0"][7:10] == ["0.386B", "0.39B", "-1.1%"]
+    assert rows["efficientnet-lite0"][4] == "4.69M" and rows["efficientnet-lite0"][8] == "0.407B"
+    assert rows["efficientnet-b8"][6] == "-" and rows["efficientnet-b8"][1] == "672"
