@@ -500,11 +500,16 @@ def run_predict_mode() -> int:
 
 
 def run_summary() -> int:
-    """--mode=summary: every variant's resolution, width, depth, parameters and MAdds."""
+    """--mode=summary: every variant's (or --model's) resolution, width, depth, parameters and MAdds."""
     _import_tensorflow()
+    from efficientnet_tf import scaling
     from efficientnet_tf.counting import summary_table
 
-    print(summary_table())
+    names = None
+    if FLAGS.model:
+        scaling.get_variant(FLAGS.model)  # an unknown name is a one-line error before any building
+        names = (FLAGS.model,)
+    print(summary_table(names))
     return 0
 
 

@@ -13,7 +13,8 @@ the same budget (epochs, batch size, resolution):
 2. keras.applications.EfficientNetB0 (weights=None) compiled with Adam(1e-3) and trained by
    `Model.fit`, the usual Keras baseline.
 
-Prints hold-out top-1 after every epoch for both and writes `<work_dir>/results-<epochs>ep.json`.
+Prints hold-out top-1 after every epoch for both and writes `<work_dir>/results-<tag>.json`
+(`--tag`, default `<epochs>ep`).
 Exits 0 with a message when the archive is absent.
 """
 
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_keras", action="store_true")
     parser.add_argument("--skip_ours", action="store_true")
+    parser.add_argument("--tag", default=None, help="names the run directory and results file "
+                        "(default: <epochs>ep)")
     args = parser.parse_args(argv)
 
     archive = os.path.join(args.data, ARCHIVE_NAME)
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": int(config.train.batch_size),
                      "train_images": source.num_train, "holdout_images": source.num_eval,
                      "recipe": os.path.relpath(args.hparams, REPO_ROOT), "overrides": args.override}
-    tag = f"{args.epochs:g}ep"
+    tag = args.tag or f"{args.epochs:g}ep"
     if not args.skip_ours:
         model_dir = os.path.join(args.work_dir, f"ours-{tag}")
         if tf.io.gfile.exists(model_dir):

@@ -131,3 +131,14 @@ def test_train_eval_resume_and_model_mismatch(tmp_path: pathlib.Path) -> None:
                                              "model.image_size=32"), "model.width_coefficient=0.25", "--model_dir")
     _assert_one_line_error(_main("--mode=eval", f"--model_dir={run}", "--checkpoint=/no/such/ckpt"),
                            "does not exist")
+
+
+def test_summary_of_one_compound_scaled_model() -> None:
+    """--mode=summary --model=efficientnet-phi1.5: one row, resolution 224·1.15^1.5 rounded to 8."""
+    proc = _main("--mode=summary", "--model=efficientnet-phi1.5")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("efficientnet-")]
+    assert len(rows) == 1
+    name, res, width, depth = rows[0][:4]
+    assert (name, res, width, depth) == ("efficientnet-phi1.5", "280", "1.15", "1.31")
+    _assert_one_line_error(_main("--mode=summary", "--model=efficientnet-b9"), "unknown model 'efficientnet-b9'")
