@@ -38,7 +38,7 @@ def _scalars(accumulator: event_accumulator.EventAccumulator) -> dict[str, list[
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     model_dir = tmp_path_factory.mktemp("tb")
     config = hparams.resolve(
-        hparams.build_config([TINY, "train.batch_size=8,train.train_steps=6,train.steps_per_epoch=3",
+        hparams.build_config([TINY, "train.batch_size=8,train.train_steps=6,train.steps_per_epoch=3,train.ema_decay=0.99",
                               "train.log_every_steps=2,train.checkpoint_every_steps=3,train.profile_steps=3,4"]),
         num_classes=4, num_train=24,
     )

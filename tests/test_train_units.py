@@ -217,7 +217,8 @@ def test_init_weights_fine_tunes_with_a_new_class_count(tmp_path) -> None:
     source.save(weights_file)
     config = hparams.resolve(
         hparams.build_config(["model.width_coefficient=0.25,model.depth_coefficient=0.25,model.image_size=32",
-                              "train.batch_size=4,train.train_steps=2,train.steps_per_epoch=2,train.image_summary=false"]),
+                              "train.batch_size=4,train.train_steps=2,train.steps_per_epoch=2,train.image_summary=false",
+                              "train.ema_decay=0.99"]),
         num_classes=3, num_train=8,
     )
     info = training.create_strategy("default")
