@@ -1,6 +1,24 @@
-"""Packaging for efficientnet-tf."""
+"""Packaging for efficientnet-tf: one importable package, `efficientnet_tf`, and one console script.
+
+The repository keeps the design card's top-level folders: `hparams/` (configuration and its YAML
+recipes), `data/` (input pipelines and the embedded photos) and `export/` (exporters). They are
+installed as `efficientnet_tf.hparams`, `efficientnet_tf.data` and `efficientnet_tf.export`, so an
+installation adds no generic top-level names (`data`, `export`, ...) to a user's `sys.path`.
+"""
 
 from setuptools import find_packages, setup
+
+# Card folders mapped into the one namespace.
+MAPPED = {"efficientnet_tf.hparams": "hparams", "efficientnet_tf.data": "data", "efficientnet_tf.export": "export"}
+
+
+def _packages() -> list[str]:
+    packages = find_packages(include=["efficientnet_tf", "efficientnet_tf.*"])
+    for package, folder in MAPPED.items():
+        packages.append(package)
+        packages += [f"{package}.{sub}" for sub in find_packages(where=folder, exclude=["imagenette_mini*"])]
+    return sorted(set(packages))
+
 
 setup(
     name="efficientnet-tf",
@@ -10,12 +28,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["efficientnet_tf", "efficientnet_tf.*", "hparams", "hparams.*", "data", "data.*", "export", "export.*"]),
-    py_modules=["main"],
-    include_package_data=True,
+    packages=_packages(),
+    package_dir={**MAPPED, **{f"{p}.{s}": f"{f}/{s.replace('.', '/')}" for p, f in MAPPED.items()
+                              for s in find_packages(where=f, exclude=["imagenette_mini*"])}},
+    include_package_data=False,
     package_data={
-        "hparams": ["*.yaml", "**/*.yaml"],
-        "data": ["imagenette_mini/*", "imagenette_mini/**/*"],
+        "efficientnet_tf.hparams": ["*.yaml", "*/*.yaml"],
+        "efficientnet_tf.data": ["imagenette_mini/*.md", "imagenette_mini/*.tsv", "imagenette_mini/*/*/*"],
     },
     install_requires=[
         "tensorflow>=2.21,<2.22",
@@ -30,12 +49,13 @@ setup(
         "h5py>=3.10",
         "pillow>=10",
         "numpy>=1.26",
+        "matplotlib>=3.8",
+        "safetensors>=0.4",
     ],
-    extras_require={"test": ["pytest>=8"]},
-    entry_points={"console_scripts": ["efficientnet-tf=main:run"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5"]},
+    entry_points={"console_scripts": ["efficientnet-tf=efficientnet_tf.cli:run"]},
     classifiers=[
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

@@ -37,12 +37,13 @@ EXTRACTED_NAME = "imagenette2-224sq"
 
 def _source(data_dir: str, out_dir: str):
     """The Imagenette source: the shared archive (extracted once) or the embedded subset."""
-    import data
+    from efficientnet_tf import data
 
     archive = os.path.join(data_dir, ARCHIVE_NAME)
     if not os.path.isfile(archive):
         print(f"{archive} not found: using the embedded imagenette_mini", flush=True)
-        return data.get_source("imagenette_mini"), "imagenette_mini (embedded: 800 train / 200 val, 128 px)"
+        return (data.get_source("imagenette_mini", None, holdout_fraction=0.0, seed=0),
+                "imagenette_mini (embedded: 800 train / 200 val, 128 px)")
     root = os.path.join(out_dir, EXTRACTED_NAME)
     if not os.path.isdir(os.path.join(root, "train")):
         started = time.time()
@@ -57,7 +58,7 @@ def _train(model_name: str, src, image_size: int, epochs: float, batch_size: int
     """A model trained briefly with a plain Keras fit; returns (model, seconds)."""
     import keras
 
-    import data
+    from efficientnet_tf import data
     from efficientnet_tf import build_model, get_variant
 
     keras.utils.set_random_seed(seed)
@@ -74,12 +75,8 @@ def _train(model_name: str, src, image_size: int, epochs: float, batch_size: int
         metrics=["accuracy"],
     )
     train = data.build_train_dataset(
-        src,
-        image_size=image_size,
-        batch_size=batch_size,
-        resize_method=variant.resize_method,
-        augment="none",
-        seed=seed,
+        src, image_size=image_size, batch_size=batch_size, resize_method=variant.resize_method, augment="none",
+        randaug_num_layers=0, randaug_magnitude=0, mixup_alpha=0.0, cutmix_alpha=0.0, min_crop_area=0.08, seed=seed,
     )
     started = time.time()
     model.fit(train, epochs=1, steps_per_epoch=total_steps, verbose=2)
@@ -90,7 +87,7 @@ def _eval_arrays(src, image_size: int, resize_method: str, max_images: int | Non
     """Hold-out images (float 0..255), labels and the encoded bytes of the first files."""
     import numpy as np
 
-    import data
+    from efficientnet_tf import data
 
     images, labels = [], []
     for batch_images, batch_labels in data.build_eval_dataset(
@@ -136,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    import data
-    import export
+    from efficientnet_tf import data
+    from efficientnet_tf import export
     from efficientnet_tf import get_variant
     from efficientnet_tf.errors import UserError
 
@@ -150,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"command": "python benchmarks/export.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "data": data_note, "results": []}  # fmt: skip
     if args.model_dir:
-        model, config, class_names = export.restore_checkpoint(args.model_dir)
-        resize = getattr(getattr(config, "data", None), "resize_method", None)
+        from efficientnet_tf import model_io
+
+        model, config, class_names = model_io.restore_for_inference(args.model_dir)
+        resize = str(config.data.resize_method)
         jobs = [(model.name, model, class_names or src.class_names, resize)]
     else:
         jobs = [(name.strip(), None, src.class_names, None) for name in args.models.split(",") if name.strip()]

@@ -5,11 +5,11 @@
 
 Extracts `imagenette2-224sq-train.tar` (the Imagenette TRAIN split) from the shared data folder
 (default `../shared/data` beside the repository) into `--work_dir`, holds out a seeded 10% of
-each class (data.get_source's per-class split, seed 0) and trains, on the same input pipeline and
+each class (the config's data.holdout_fraction and data.split_seed) and trains, on the same input pipeline and
 the same budget (epochs, batch size, resolution):
 
-1. ours: `efficientnet_tf.training.Trainer` with the short-schedule recipe of `--hparams`
-   (everything else is the reference recipe's defaults), evaluated with its EMA weights;
+1. ours: `efficientnet_tf.app.train` (the same call as `python main.py`) with the short-schedule
+   recipe of `--hparams` (everything else is the reference recipe's defaults);
 2. keras.applications.EfficientNetB0 (weights=None) compiled with Adam(1e-3) and trained by
    `Model.fit`, the usual Keras baseline.
 
@@ -53,7 +53,7 @@ def extract(archive: str, work_dir: str) -> str:
 
 def build_config(args: argparse.Namespace, dataset: str):
     """Our config: defaults, then the short-schedule recipe file, then this benchmark's budget."""
-    import hparams
+    from efficientnet_tf import app
 
     flags = {"model.name": "efficientnet-b0", "data.dataset": dataset, "train.epochs": float(args.epochs),
              "model.image_size": args.image_size, "train.seed": args.seed}
@@ -61,29 +61,22 @@ def build_config(args: argparse.Namespace, dataset: str):
         flags["train.batch_size"] = args.batch_size
     if args.train_steps:
         flags["train.train_steps"] = args.train_steps
-    return hparams.build_config([args.hparams, *args.override], flags)
+    return app.layered_config([args.hparams, *args.override], flags)
 
 
-def run_ours(config, source, model_dir: str, eval_every: int) -> dict:
-    """Train with our loop; returns per-epoch hold-out top-1 (EMA weights) and timing."""
-    import main as cli
-    from efficientnet_tf import training
+def run_ours(config, model_dir: str) -> dict:
+    """Train through the application layer; returns per-epoch hold-out top-1 and timing."""
+    from efficientnet_tf import app
 
-    info = training.create_strategy("auto")
-    cli.configure_randomness(config)
-    train_fn, eval_fn = cli.dataset_functions(config, source)
     began = time.time()
-    trainer = training.Trainer(config, info, model_dir, train_dataset_fn=train_fn, eval_dataset_fn=eval_fn)
-    result = trainer.train(eval_every_epochs=eval_every)
+    outcome = app.train(config, model_dir=model_dir, evaluate=True)
     seconds = time.time() - began
-    history_path = os.path.join(model_dir, training.loop.EVAL_HISTORY_FILE)
-    with open(history_path) as handle:
-        history = [json.loads(line) for line in handle]
-    spe = int(config.train.steps_per_epoch)
+    result, resolved = outcome.result, outcome.config
+    spe = int(resolved.train.steps_per_epoch)
     return {
         "top1": result.eval_metrics["top1"],
         "top5": result.eval_metrics["top5"],
-        "per_epoch_top1": {f"{h['step'] / spe:g}": h["top1"] for h in history},
+        "per_epoch_top1": {f"{h['step'] / spe:g}": h["top1"] for h in outcome.run.read_eval_history()},
         "seconds": seconds,
         "train_images_per_second": result.train_metrics.get("images_per_second"),
         "model_dir": model_dir,
@@ -95,11 +88,11 @@ def run_keras(config, source) -> dict:
     import keras
     import tensorflow as tf
 
-    import main as cli
+    from efficientnet_tf import app
 
     keras.utils.set_random_seed(int(config.train.seed or 0))
     size, classes = int(config.model.image_size), int(config.model.num_classes)
-    train_fn, eval_fn = cli.dataset_functions(config, source)
+    train_fn, eval_fn = app.dataset_functions(config, source)
     train_data = train_fn(tf.distribute.InputContext())
     eval_data = eval_fn(tf.distribute.InputContext()).map(lambda x, y: (x, tf.one_hot(y, classes)))
     model = keras.applications.EfficientNetB0(weights=None, input_shape=(size, size, 3), classes=classes)
@@ -148,13 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import tensorflow as tf
 
-    import data
-    import hparams
+    from efficientnet_tf import app, hparams
 
     root = extract(archive, args.work_dir)
-    source = data.get_source(f"folder:{root}", holdout_fraction=0.1, seed=0)
-    config = build_config(args, f"folder:{root}")
-    config = hparams.resolve(config, num_classes=source.num_classes, num_train=source.num_train)
+    layered = build_config(args, f"folder:{root}")
+    source = app.load_source(layered)  # the config's seeded hold-out (data.holdout_fraction, data.split_seed)
+    config = hparams.resolve(layered, num_classes=source.num_classes, num_train=source.num_train)
     print(f"Imagenette: {source.num_train} training / {source.num_eval} held-out images, {source.num_classes} "
           f"classes; {config.train.train_steps} steps of {config.train.batch_size} at {config.model.image_size} px; "
           f"TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores", flush=True)
@@ -166,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = os.path.join(args.work_dir, f"ours-{tag}")
         if tf.io.gfile.exists(model_dir):
             tf.io.gfile.rmtree(model_dir)
-        hparams.save_config(config, *[tf.io.gfile.makedirs(model_dir) or model_dir])
-        results["ours"] = run_ours(config, source, model_dir, eval_every=1)
+        results["ours"] = run_ours(layered, model_dir)
         print(f"ours:  hold-out top-1 {100 * results['ours']['top1']:.2f}% "
               f"({results['ours']['seconds'] / 60:.1f} min)", flush=True)
         keras.backend.clear_session()

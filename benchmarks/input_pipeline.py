@@ -54,7 +54,7 @@ def _keras_randaugment_dataset(src, image_size: int, batch_size: int, seed: int)
     import keras
     import tensorflow as tf
 
-    import data
+    from efficientnet_tf import data
 
     layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, seed=seed)
     paths, labels = src.files("train")
@@ -95,20 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
     from absl import logging
 
-    import data
+    from efficientnet_tf import data, hparams
 
     logging.set_verbosity(logging.WARNING)
+    defaults = hparams.default_config().data  # the recipe's augmentation settings
     with tempfile.TemporaryDirectory(prefix="imagenette_bench_") as tmp:
         started = time.perf_counter()
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
         train_dir = os.path.join(tmp, "imagenette2-224sq", "train")
-        src = data.get_source(f"folder:{train_dir}", holdout_fraction=0.0)
+        src = data.get_source(f"folder:{train_dir}", None, holdout_fraction=0.0, seed=0)
         print(
             f"{src.num_train} images, {src.num_classes} classes, extracted and scanned in "
             f"{time.perf_counter() - started:.1f}s; {os.cpu_count()} CPU cores; tensorflow {tf.__version__}"
         )
-        common = dict(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed)
+        common = dict(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, resize_method="bicubic",
+                      randaug_num_layers=int(defaults.randaug_num_layers),
+                      randaug_magnitude=float(defaults.randaug_magnitude), mixup_alpha=0.0, cutmix_alpha=0.0,
+                      min_crop_area=float(defaults.min_crop_area))
         pipelines = [
             (
                 "decode + crop + flip + resize",
@@ -117,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             ("  + AutoAugment v0", lambda: data.build_train_dataset(src, augment="autoaugment", **common)),
             (
                 "  + RandAugment N=2 M=10",
-                lambda: data.build_train_dataset(
-                    src, augment="randaugment", randaug_num_layers=2, randaug_magnitude=10, **common
-                ),
+                lambda: data.build_train_dataset(src, augment="randaugment", **common),
             ),
             (
                 "Keras 3 keras.layers.RandAugment",

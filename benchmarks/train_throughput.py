@@ -30,7 +30,7 @@ NUM_CLASSES = 1000
 
 
 def _config(resolution: int, batch_size: int, steps: int):
-    import hparams
+    from efficientnet_tf import hparams
 
     config = hparams.build_config(
         [f"model.image_size={resolution}", f"model.num_classes={NUM_CLASSES}", "train.steps_per_epoch=100",

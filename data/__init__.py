@@ -1,22 +1,24 @@
 """Input pipelines for EfficientNet: dataset sources, Inception preprocessing, AutoAugment / RandAugment.
 
-    import data
-    src = data.get_source("imagenette_mini")          # or imagenet, tfds:<name>[:<config>], folder:<path>
-    train = data.build_train_dataset(src, image_size=224, batch_size=32)
-    evaluation = data.build_eval_dataset(src, image_size=224, batch_size=32)
+    from efficientnet_tf import data
+    src = data.get_source("imagenette_mini", None, holdout_fraction=0.1, seed=0)
+    train = data.build_train_dataset(src, image_size=224, batch_size=32, ...)   # settings from the config
+    evaluation = data.build_eval_dataset(src, image_size=224, batch_size=32, resize_method="bicubic")
 
 This package knows nothing of the model; it depends only on TensorFlow, absl and
 `efficientnet_tf.errors`. TensorFlow Datasets is imported only when a `tfds:` source is used.
+In the repository it lives in `data/`, installed as `efficientnet_tf.data`.
 """
 
 from . import augment, mixing, preprocessing
 from .pipeline import AUGMENTATIONS, build_eval_dataset, build_train_dataset, sample_images
-from .sources import DEFAULT_DATASET, Source, get_source
+from .sources import DEFAULT_DATASET, Source, SyntheticSource, get_source, synthetic_dataset_fn
 
 __all__ = [
     "AUGMENTATIONS",
     "DEFAULT_DATASET",
     "Source",
+    "SyntheticSource",
     "augment",
     "build_eval_dataset",
     "build_train_dataset",
@@ -24,4 +26,5 @@ __all__ = [
     "mixing",
     "preprocessing",
     "sample_images",
+    "synthetic_dataset_fn",
 ]

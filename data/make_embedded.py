@@ -1,6 +1,6 @@
 """Build the embedded `imagenette_mini` dataset from the Imagenette 224×224 training archive.
 
-    python -m data.make_embedded [--archive ../shared/data/imagenette2-224sq-train.tar]
+    python -m efficientnet_tf.data.make_embedded [--archive ../shared/data/imagenette2-224sq-train.tar]
 
 Picks, with a fixed seed, `--per_class` images of each of the 10 Imagenette classes from the
 archive (read in place, nothing extracted), resizes them to `--size` px squares with area
@@ -51,7 +51,7 @@ A small real-photo dataset shipped inside the `data` package so that training ru
   sha256 `{sha256}`). Imagenette is a 10-class subset of ImageNet published by fast.ai
   (https://github.com/fastai/imagenette) under the Apache License 2.0; the photos themselves come
   from ImageNet (Deng et al., 2009) and are for research and non-commercial use.
-- **How it was made**: `python -m data.make_embedded --seed {seed} --per_class {per_class}
+- **How it was made**: `python -m efficientnet_tf.data.make_embedded --seed {seed} --per_class {per_class}
   --val_per_class {val} --size {size} --quality {quality}`. Per class, the archive's file names are sorted and
   {per_class} are drawn without replacement with `numpy.random.default_rng([{seed}, class index])`;
   the first {val} drawn go to `val/`, the rest to `train/`. Each image is decoded as RGB (greyscale

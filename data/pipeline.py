@@ -56,19 +56,23 @@ def build_train_dataset(
     *,
     image_size: int,
     batch_size: int,
-    resize_method: str = "bicubic",
-    augment: str = "autoaugment",
-    randaug_num_layers: int = 2,
-    randaug_magnitude: float = 10,
-    mixup_alpha: float = 0.0,
-    cutmix_alpha: float = 0.0,
-    seed: int | None = None,
+    resize_method: str,
+    augment: str,
+    randaug_num_layers: int,
+    randaug_magnitude: float,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    min_crop_area: float,
+    seed: int | None,
     deterministic: bool = False,
     cache: bool = False,
     input_context: tf.distribute.InputContext | None = None,
-    min_crop_area: float = preprocessing.AREA_RANGE[0],
 ) -> tf.data.Dataset:
-    """Infinite shuffled batches (float32 [B, H, W, 3] in 0..255, float32 one-hot [B, classes])."""
+    """Infinite shuffled batches (float32 [B, H, W, 3] in 0..255, float32 one-hot [B, classes]).
+
+    The augmentation settings have no defaults here: they come from the config (`data:` section
+    of hparams/defaults.yaml); `seed=None` draws a random seed unless `deterministic`.
+    """
     method = _check_common(image_size, batch_size, resize_method)
     if not 0.0 < float(min_crop_area) <= 1.0:
         raise UserError(f"min_crop_area must be in (0, 1], got {min_crop_area}")
@@ -166,7 +170,7 @@ def build_eval_dataset(
     *,
     image_size: int,
     batch_size: int,
-    resize_method: str = "bicubic",
+    resize_method: str,
     input_context: tf.distribute.InputContext | None = None,
     drop_remainder: bool = False,
 ) -> tf.data.Dataset:
@@ -202,7 +206,7 @@ def _eval_images(
     return guarded_map(records, prepare, src.report_bad, deterministic=True)
 
 
-def sample_images(src: Source, n: int, image_size: int, resize_method: str = "bicubic") -> tf.Tensor:
+def sample_images(src: Source, n: int, image_size: int, resize_method: str) -> tf.Tensor:
     """`n` training images (seeded shuffle) through eval preprocessing: float32 [n, H, W, 3]."""
     method = _check_common(image_size, max(int(n), 1), resize_method)
     records = src.records("train", None, shuffle_files=True, seed=0)

@@ -10,24 +10,6 @@ from keras import layers
 
 from efficientnet_tf import scaling
 
-# Published figures (RECIPE.md sections 2 and 3): params in millions, multiply-adds in billions.
-PAPER_FIGURES: dict[str, tuple[float, float]] = {
-    "efficientnet-b0": (5.3, 0.39),
-    "efficientnet-b1": (7.8, 0.70),
-    "efficientnet-b2": (9.2, 1.0),
-    "efficientnet-b3": (12.0, 1.8),
-    "efficientnet-b4": (19.0, 4.2),
-    "efficientnet-b5": (30.0, 9.9),
-    "efficientnet-b6": (43.0, 19.0),
-    "efficientnet-b7": (66.0, 37.0),
-    "efficientnet-lite0": (4.7, 0.407),
-    "efficientnet-lite1": (5.4, 0.631),
-    "efficientnet-lite2": (6.1, 0.899),
-    "efficientnet-lite3": (8.2, 1.44),
-    "efficientnet-lite4": (13.0, 2.64),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Counts:
     """Sizes of one built model."""
@@ -74,10 +56,10 @@ def variant_counts(model_name: str, resolution: int | None = None, classes: int 
 def summary_table(model_names: tuple[str, ...] | None = None) -> str:
     """A text table of every variant: resolution, width, depth, params and MAdds beside the paper's.
 
-    Paper figures are the EfficientNet paper's Table 2 (B0-B7) and the EfficientNet-Lite README
-    (lite0-4); B8 (AdvProp) has none. L2 (480M parameters at 800 px) is left out unless named.
+    Paper figures come from the variant table (`scaling.VARIANTS`); B8 (AdvProp) has none. L2 (480M parameters at 800 px) is left out unless named.
     """
     names = model_names or tuple(n for n in scaling.VARIANT_NAMES if n != "efficientnet-l2")
+    names = tuple(scaling.canonical_name(n) for n in names)
     header = (
         f"{'model':<20}{'res':>5}{'width':>7}{'depth':>7}{'params':>10}{'trainable':>11}{'paper':>8}"
         f"{'MAdds':>10}{'paper':>9}{'diff':>8}{'dropout':>9}"
@@ -86,7 +68,7 @@ def summary_table(model_names: tuple[str, ...] | None = None) -> str:
     for name in names:
         variant = scaling.get_variant(name)
         counts = variant_counts(name)
-        paper = PAPER_FIGURES.get(name)
+        paper = (variant.paper_params_m, variant.paper_madds_b) if variant.paper_madds_b else None
         madds = counts.madds / 1e9
         paper_params = f"{paper[0]:>7.1f}M" if paper else f"{'-':>8}"
         paper_madds = f"{paper[1]:>8.3g}B" if paper else f"{'-':>9}"

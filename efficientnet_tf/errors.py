@@ -1,4 +1,4 @@
-"""Errors meant for the person at the keyboard."""
+"""Errors meant for the person at the keyboard, and the one helper that shortens any error to a line."""
 
 
 class UserError(ValueError):
@@ -7,3 +7,12 @@ class UserError(ValueError):
     The message is one line saying what is wrong and what to do; the command line prints it
     without a traceback and exits non-zero.
     """
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-empty line of an error's message (its type name when the message is empty)."""
+    text = error if isinstance(error, str) else (getattr(error, "message", None) or str(error))
+    for line in str(text).strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__ if not isinstance(error, str) else "unknown error"

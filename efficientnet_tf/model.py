@@ -34,13 +34,15 @@ def build_model(
     resolution: int | None = None,
     width_coefficient: float | None = None,
     depth_coefficient: float | None = None,
+    baseline_blocks: tuple[scaling.BlockSpec, ...] | None = None,
     name: str | None = None,
 ) -> keras.Model:
     """Build an EfficientNet as a functional Keras model taking 0-255 RGB images.
 
     `weights` is None (random init) or a path understood by `efficientnet_tf.weights.load_pretrained`
     (.keras, keras.applications .h5, reference TF checkpoint). `width_coefficient` /
-    `depth_coefficient` override the variant's (e.g. tiny models for tests).
+    `depth_coefficient` override the variant's (e.g. tiny models for tests); `baseline_blocks`
+    replaces B0's stages with another baseline's (scaled by the same rules).
     """
     variant = scaling.get_variant(model_name)
     if pooling not in (None, "avg", "max"):
@@ -70,7 +72,8 @@ def build_model(
 
     act = variant.activation
     x = conv_bn_act(x, scaling.stem_filters(variant, width), 3, 2, act, "stem_", "conv", "bn", "activation")
-    blocks = scaling.scaled_blocks(variant, drop_connect_rate, width=width, depth=depth)
+    blocks = scaling.scaled_blocks(variant, drop_connect_rate, width=width, depth=depth,
+                                   baseline=baseline_blocks or scaling.BASELINE_BLOCKS)
     for spec in blocks:
         x = mbconv_block(
             x,

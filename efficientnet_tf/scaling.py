@@ -43,7 +43,7 @@ BASELINE_BLOCKS: tuple[BlockSpec, ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """A scaled member of the family: coefficients, resolution and regularisation."""
+    """A scaled member of the family: coefficients, resolution, regularisation and published figures."""
 
     name: str
     width: float
@@ -51,6 +51,10 @@ class Variant:
     resolution: int
     dropout_rate: float
     lite: bool = False
+    paper_params_m: float | None = None  # published parameters, millions
+    paper_madds_b: float | None = None  # published multiply-adds, billions
+    # Training settings that differ per variant (the per-variant config layer), as (dotted key, value).
+    train_overrides: tuple[tuple[str, object], ...] = ()
 
     @property
     def resize_method(self) -> str:
@@ -74,31 +78,39 @@ class Variant:
             return (127.0,) * 3, (128.0,) * 3
         return (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
+    def config_layer(self) -> dict[str, dict[str, object]]:
+        """The per-variant training overrides as a nested config layer ({} when there are none)."""
+        layer: dict[str, dict[str, object]] = {}
+        for key, value in self.train_overrides:
+            section, _, name = key.partition(".")
+            layer.setdefault(section, {})[name] = value
+        return layer
 
-# (width, depth, resolution, dropout) from the reference implementation (RECIPE.md section 1).
-_TABLE = {
-    "efficientnet-b0": (1.0, 1.0, 224, 0.2),
-    "efficientnet-b1": (1.0, 1.1, 240, 0.2),
-    "efficientnet-b2": (1.1, 1.2, 260, 0.3),
-    "efficientnet-b3": (1.2, 1.4, 300, 0.3),
-    "efficientnet-b4": (1.4, 1.8, 380, 0.4),
-    "efficientnet-b5": (1.6, 2.2, 456, 0.4),
-    "efficientnet-b6": (1.8, 2.6, 528, 0.5),
-    "efficientnet-b7": (2.0, 3.1, 600, 0.5),
-    "efficientnet-b8": (2.2, 3.6, 672, 0.5),
-    "efficientnet-l2": (4.3, 5.3, 800, 0.5),
-}
-_LITE_TABLE = {
-    "efficientnet-lite0": (1.0, 1.0, 224, 0.2),
-    "efficientnet-lite1": (1.0, 1.1, 240, 0.2),
-    "efficientnet-lite2": (1.1, 1.2, 260, 0.3),
-    "efficientnet-lite3": (1.2, 1.4, 280, 0.3),
-    "efficientnet-lite4": (1.4, 1.8, 300, 0.3),
-}
-VARIANTS: dict[str, Variant] = {
-    **{n: Variant(n, *v) for n, v in _TABLE.items()},
-    **{n: Variant(n, *v, lite=True) for n, v in _LITE_TABLE.items()},
-}
+
+# The one variant table. (width, depth, resolution, dropout) from the reference implementation
+# (RECIPE.md section 1); published params / MAdds from the paper's Table 2 (B0-B7) and the
+# EfficientNet-Lite table (lite0-4), none for B8 and L2; RandAugment magnitudes for the larger
+# models as the RandAugment paper recommends (used when data.augment is randaugment).
+_B = "data.randaug_magnitude"
+_TABLE: tuple[tuple, ...] = (
+    # name, width, depth, res, dropout, lite, params M, MAdds B, training overrides
+    ("efficientnet-b0", 1.0, 1.0, 224, 0.2, False, 5.3, 0.39, ()),
+    ("efficientnet-b1", 1.0, 1.1, 240, 0.2, False, 7.8, 0.70, ()),
+    ("efficientnet-b2", 1.1, 1.2, 260, 0.3, False, 9.2, 1.0, ()),
+    ("efficientnet-b3", 1.2, 1.4, 300, 0.3, False, 12.0, 1.8, ()),
+    ("efficientnet-b4", 1.4, 1.8, 380, 0.4, False, 19.0, 4.2, ()),
+    ("efficientnet-b5", 1.6, 2.2, 456, 0.4, False, 30.0, 9.9, ((_B, 17),)),
+    ("efficientnet-b6", 1.8, 2.6, 528, 0.5, False, 43.0, 19.0, ()),
+    ("efficientnet-b7", 2.0, 3.1, 600, 0.5, False, 66.0, 37.0, ((_B, 28),)),
+    ("efficientnet-b8", 2.2, 3.6, 672, 0.5, False, None, None, ()),
+    ("efficientnet-l2", 4.3, 5.3, 800, 0.5, False, None, None, ()),
+    ("efficientnet-lite0", 1.0, 1.0, 224, 0.2, True, 4.7, 0.407, ()),
+    ("efficientnet-lite1", 1.0, 1.1, 240, 0.2, True, 5.4, 0.631, ()),
+    ("efficientnet-lite2", 1.1, 1.2, 260, 0.3, True, 6.1, 0.899, ()),
+    ("efficientnet-lite3", 1.2, 1.4, 280, 0.3, True, 8.2, 1.44, ()),
+    ("efficientnet-lite4", 1.4, 1.8, 300, 0.3, True, 13.0, 2.64, ()),
+)
+VARIANTS: dict[str, Variant] = {row[0]: Variant(*row) for row in _TABLE}
 VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
 _PHI_RE = re.compile(r"^efficientnet-phi(\d+(?:\.\d+)?)$")
 
@@ -140,9 +152,14 @@ def compound_variant(
     )
 
 
+def canonical_name(model_name: str) -> str:
+    """The table's spelling of a model name: `EfficientNet_B5` and `efficientnet_b5` are `efficientnet-b5`."""
+    return str(model_name).strip().lower().replace("_", "-")
+
+
 def get_variant(model_name: str) -> Variant:
     """Look up a named variant (`efficientnet-b0`, `efficientnet-lite2`, `efficientnet-phi1.5`, ...)."""
-    key = model_name.strip().lower().replace("_", "-")
+    key = canonical_name(model_name)
     if key in VARIANTS:
         return VARIANTS[key]
     match = _PHI_RE.match(key)
@@ -174,18 +191,19 @@ def scaled_blocks(
     drop_connect_rate: float = DEFAULT_DROP_CONNECT_RATE,
     width: float | None = None,
     depth: float | None = None,
+    baseline: tuple[BlockSpec, ...] = BASELINE_BLOCKS,
 ) -> list[ScaledBlock]:
-    """Expand the baseline stages into the concrete block list of `variant`."""
+    """Expand the baseline stages (B0's unless given) into the concrete block list of `variant`."""
     width = variant.width if width is None else width
     depth = variant.depth if depth is None else depth
     repeats = []
-    for i, spec in enumerate(BASELINE_BLOCKS):
-        fixed = variant.lite and i in (0, len(BASELINE_BLOCKS) - 1)
+    for i, spec in enumerate(baseline):
+        fixed = variant.lite and i in (0, len(baseline) - 1)
         # Lite models keep the first and last stage unscaled in depth (reference lite builder).
         repeats.append(spec.num_repeat if fixed else round_repeats(spec.num_repeat, depth))
     total = sum(repeats)
     blocks: list[ScaledBlock] = []
-    for i, (spec, n) in enumerate(zip(BASELINE_BLOCKS, repeats)):
+    for i, (spec, n) in enumerate(zip(baseline, repeats)):
         f_in = round_filters(spec.filters_in, width)
         if i == 0 and variant.lite:
             f_in = STEM_FILTERS

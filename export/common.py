@@ -10,15 +10,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from data import preprocessing
-from efficientnet_tf.errors import UserError
+from efficientnet_tf.data import preprocessing
+from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.rundir import LABELS_FILE, read_labels_file, write_labels_file
 
 SAVED_MODEL = "saved_model"
 TFLITE_FORMATS = ("tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8")
 FORMATS = (SAVED_MODEL, *TFLITE_FORMATS)
 INT8_IO_TYPES = ("int8", "uint8")
 
-LABELS_FILE = "labels.txt"
 EXPORT_INFO_FILE = "export_info.json"
 REPORT_FILE = "export_report.json"
 SAVED_MODEL_DIR = "saved_model"
@@ -185,20 +185,6 @@ def check_decodable(data: bytes, name: str) -> None:
         ) from None
 
 
-def write_labels(path: str, class_names: Sequence[str]) -> None:
-    """Write class names one per line (line i = class id i)."""
-    with tf.io.gfile.GFile(path, "w") as handle:
-        handle.write("".join(f"{name}\n" for name in class_names))
-
-
-def read_labels(path: str) -> list[str] | None:
-    """Read a labels.txt written by `write_labels`, or None if there is none."""
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path, "r") as handle:
-        return [line.rstrip("\r\n") for line in handle.read().splitlines()]
-
-
 def write_json(path: str, value: dict) -> None:
     """Write a JSON document (indented, UTF-8)."""
     with tf.io.gfile.GFile(path, "w") as handle:
@@ -226,9 +212,3 @@ def path_size(path: str) -> int:
 def default_class_names(num_classes: int) -> list[str]:
     """Placeholder names when an artifact carries none."""
     return [f"class_{i}" for i in range(num_classes)]
-
-
-def first_line(error: BaseException) -> str:
-    """First line of an exception's message (for one-line user errors)."""
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

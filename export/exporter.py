@@ -11,11 +11,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.errors import UserError
-from export import common
-from export.saved_model import export_saved_model
-from export.tflite import LITERT_THREADS, export_tflite
-from export.verify import format_report, verify_artifacts
+from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.export import common
+from efficientnet_tf.export.saved_model import export_saved_model
+from efficientnet_tf.export.tflite import LITERT_THREADS, export_tflite
+from efficientnet_tf.export.verify import format_report, verify_artifacts
 
 _RANDOM_EVAL_IMAGES = 8
 
@@ -115,7 +115,7 @@ def run_export(
             handle.write("")
         tf.io.gfile.remove(probe)
     except (OSError, tf.errors.OpError) as error:
-        raise UserError(f"cannot write to export directory {export_dir}: {common.first_line(error)}") from None
+        raise UserError(f"cannot write to export directory {export_dir}: {first_line(error)}") from None
 
     probabilities = common.outputs_probabilities(model)
     if not probabilities:
@@ -128,7 +128,7 @@ def run_export(
         "input": "float32 RGB 0..255 after eval preprocessing: centre crop size/(size+32) of the shorter side, resize",
         "output": "class probabilities",
     }
-    common.write_labels(os.path.join(export_dir, common.LABELS_FILE), class_names)
+    common.write_labels_file(os.path.join(export_dir, common.LABELS_FILE), class_names)
 
     artifacts: dict[str, str] = {}
     if common.SAVED_MODEL in formats:

@@ -11,10 +11,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.errors import UserError
-from export import common
-from export.saved_model import SavedModelPredictor, is_saved_model
-from export.tflite import TFLiteModel
+from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.export import common
+from efficientnet_tf.model_io import restore_for_inference
+from efficientnet_tf.export.saved_model import SavedModelPredictor, is_saved_model
+from efficientnet_tf.export.tflite import TFLiteModel
 
 
 class Predictor(Protocol):
@@ -65,7 +66,7 @@ class TFLitePredictor:
         self.model = TFLiteModel(path)
         sidecar_info = common.read_json(os.path.join(os.path.dirname(path), common.EXPORT_INFO_FILE)) or {}
         info = self.model.metadata or sidecar_info
-        names = class_names or info.get("class_names") or common.read_labels(
+        names = class_names or info.get("class_names") or common.read_labels_file(
             os.path.join(os.path.dirname(path), common.LABELS_FILE)
         )
         self.class_names = (
@@ -108,7 +109,7 @@ def load_keras_file(path: str) -> keras.Model:
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except ValueError as error:
-        message = common.first_line(error)
+        message = first_line(error)
         # Keras wraps the refusal of a Lambda inside a functional model, so search the whole text.
         if "safe_mode" in str(error) or "arbitrary code execution" in str(error):
             raise UserError(
@@ -123,23 +124,12 @@ def load_keras_file(path: str) -> keras.Model:
             "only models built by efficientnet_tf (or registered with keras.saving) can be loaded"
         ) from None
     except (OSError, KeyError) as error:
-        raise UserError(f"cannot load Keras model {path}: {common.first_line(error)}") from None
+        raise UserError(f"cannot load Keras model {path}: {first_line(error)}") from None
 
 
-def restore_checkpoint(model_dir: str, checkpoint: str | None = None) -> tuple[keras.Model, object, list[str]]:
-    """Seam to the trainer: (model with EMA weights, config, class names) from a training model_dir."""
-    try:
-        from efficientnet_tf.training import restore_for_inference
-    except ImportError:
-        raise UserError(
-            f"{model_dir} is not a SavedModel, and restoring training checkpoints needs efficientnet_tf.training, "
-            "which is not available in this installation"
-        ) from None
-    return restore_for_inference(model_dir, checkpoint=checkpoint)
-
-
-def load_predictor(path: str, class_names: Sequence[str] | None = None) -> Predictor:
-    """A predictor for a SavedModel dir, a .tflite file, a .keras file, or a training model_dir."""
+def load_predictor(path: str, class_names: Sequence[str] | None = None, checkpoint: str | None = None) -> Predictor:
+    """A predictor for a SavedModel dir, a .tflite file, a .keras file, or a training model_dir
+    (its `checkpoint`: latest by default, best, or a prefix)."""
     if not path or not tf.io.gfile.exists(path):
         raise UserError(
             f"model {path} does not exist; give a SavedModel directory, a .tflite or .keras file, "
@@ -151,15 +141,13 @@ def load_predictor(path: str, class_names: Sequence[str] | None = None) -> Predi
         nested = os.path.join(path, common.SAVED_MODEL_DIR)
         if is_saved_model(nested):  # an export directory written by run_export
             return _SavedModelNamed(nested, class_names)
-        model, config, restored_names = restore_checkpoint(path)
-        data_config = getattr(config, "data", None)
-        resize_method = getattr(data_config, "resize_method", None) if data_config is not None else None
-        return KerasPredictor(model, class_names or restored_names, resize_method=resize_method)
+        model, config, restored_names = restore_for_inference(path, checkpoint)
+        return KerasPredictor(model, class_names or restored_names, resize_method=str(config.data.resize_method))
     lower = path.lower()
     if lower.endswith(".tflite"):
         return TFLitePredictor(path, class_names)
     if lower.endswith(".keras"):
-        names = class_names or common.read_labels(os.path.join(os.path.dirname(path), common.LABELS_FILE))
+        names = class_names or common.read_labels_file(os.path.join(os.path.dirname(path), common.LABELS_FILE))
         return KerasPredictor(load_keras_file(path), names)
     raise UserError(
         f"cannot predict with {path}: expected a SavedModel directory, a .tflite file, a .keras file or a model_dir"
@@ -174,7 +162,8 @@ def top_k_predictions(probs: np.ndarray, class_names: Sequence[str], top_k: int)
 
 
 def run_predict(
-    path: str, images: list[str], *, top_k: int = 5, class_names: list[str] | None = None
+    path: str, images: list[str], *, top_k: int = 5, class_names: list[str] | None = None,
+    checkpoint: str | None = None,
 ) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) for each image file, using the model or artifact at `path`."""
     if not images:
@@ -182,7 +171,7 @@ def run_predict(
     if int(top_k) < 1:
         raise UserError(f"top_k must be at least 1, got {top_k}")
     contents = common.read_image_files(images)
-    predictor = load_predictor(path, class_names)
+    predictor = load_predictor(path, class_names, checkpoint)
     probs = predictor.predict_bytes(contents)
     results = top_k_predictions(probs, predictor.class_names, top_k)
     for image, result in zip(images, results):

@@ -9,9 +9,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from data import preprocessing
-from efficientnet_tf.errors import UserError
-from export import common
+from efficientnet_tf.data import preprocessing
+from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.export import common
 
 
 def _outputs(probs: tf.Tensor, names: tf.Tensor, top_k: int) -> dict[str, tf.Tensor]:
@@ -77,7 +77,7 @@ def export_saved_model(
     try:
         archive.write_out(path, verbose=False)
     except (OSError, tf.errors.OpError) as error:
-        raise UserError(f"cannot write the SavedModel to {path}: {common.first_line(error)}") from None
+        raise UserError(f"cannot write the SavedModel to {path}: {first_line(error)}") from None
     logging.info("SavedModel written to %s (signatures %s, %s)", path, common.BYTES_SIGNATURE, common.IMAGES_SIGNATURE)
     return path
 
@@ -96,7 +96,7 @@ class SavedModelPredictor:
         try:
             self._loaded = tf.saved_model.load(path)
         except (OSError, ValueError, tf.errors.OpError) as error:
-            raise UserError(f"cannot load the SavedModel at {path}: {common.first_line(error)}") from None
+            raise UserError(f"cannot load the SavedModel at {path}: {first_line(error)}") from None
         signatures = self._loaded.signatures
         missing = [s for s in (common.BYTES_SIGNATURE, common.IMAGES_SIGNATURE) if s not in signatures]
         if missing:

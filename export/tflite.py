@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.errors import UserError
-from export import common
+from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.export import common
 
 # Name of the TFLite metadata entry holding our JSON (class names, image size, resize method).
 METADATA_NAME = "efficientnet_tf"
@@ -79,7 +79,7 @@ def convert(
     try:
         flatbuffer = converter.convert()
     except Exception as error:  # the converter raises ConverterError, RuntimeError, ...
-        raise UserError(f"TFLite conversion to {fmt} failed: {common.first_line(error)}") from None
+        raise UserError(f"TFLite conversion to {fmt} failed: {first_line(error)}") from None
     logging.info("Converted to %s in %.1fs (%d bytes)", fmt, time.time() - started, len(flatbuffer))
     return flatbuffer
 
@@ -141,7 +141,7 @@ class TFLiteModel:
             self._interpreter = Interpreter(model_content=content, num_threads=num_threads)
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
-            raise UserError(f"cannot load TFLite model {path}: {common.first_line(error)}") from None
+            raise UserError(f"cannot load TFLite model {path}: {first_line(error)}") from None
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise UserError(

@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from export import common
-from export.saved_model import SavedModelPredictor
-from export.tflite import LITERT_THREADS, TFLiteModel
+from efficientnet_tf.export import common
+from efficientnet_tf.export.saved_model import SavedModelPredictor
+from efficientnet_tf.export.tflite import LITERT_THREADS, TFLiteModel
 
 # Acceptance limits per format (issue 5). Quantised formats are judged by top-1 behaviour.
 MAX_PROB_DIFF = {common.SAVED_MODEL: 1e-5, "saved_model_bytes": 1e-5, "tflite_float32": 1e-4}

@@ -1,45 +1,46 @@
-"""Configuration: defaults (RECIPE.md §4), per-variant and per-dataset YAML, strict overrides.
+"""Configuration: defaults (RECIPE.md §4), the variant table's layer, per-dataset YAML, strict overrides.
 
-    import hparams
+    from efficientnet_tf import hparams
     config = hparams.build_config(["train.batch_size=64", "my.yaml"], {"model.name": "efficientnet-b2"})
     config = hparams.resolve(config, num_classes=10, num_train=9000)   # fills derived nulls
-    hparams.save_config(config, model_dir); hparams.load_config(model_dir)
+
+A run's resolved config is written and read by `efficientnet_tf.rundir.RunDir`.
 """
 
-from hparams.config import (
+from .config import (
     DEFAULTS_FILE,
-    RESOLVED_CONFIG_NAME,
     apply_overrides,
     build_config,
     dataset_file,
     default_config,
     differences,
     flatten,
-    load_config,
+    load_config_file,
     merge,
+    read_layer,
     resolve,
-    save_config,
     set_value,
     split_overrides,
     suggest_key,
     to_yaml,
+    variant_layer,
 )
 
 __all__ = [
     "DEFAULTS_FILE",
-    "RESOLVED_CONFIG_NAME",
     "apply_overrides",
     "build_config",
     "dataset_file",
     "default_config",
     "differences",
     "flatten",
-    "load_config",
+    "load_config_file",
     "merge",
+    "read_layer",
     "resolve",
-    "save_config",
     "set_value",
     "split_overrides",
     "suggest_key",
     "to_yaml",
+    "variant_layer",
 ]

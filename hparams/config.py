@@ -21,15 +21,14 @@ from efficientnet_tf.errors import UserError
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS_FILE = os.path.join(CONFIG_DIR, "defaults.yaml")
-VARIANTS_FILE = os.path.join(CONFIG_DIR, "variants.yaml")
 DATASETS_DIR = os.path.join(CONFIG_DIR, "datasets")
-RESOLVED_CONFIG_NAME = "config.yaml"
 
 # Types of the keys whose default is null ("derived"); the others take the type of their default.
 _NULLABLE_TYPES: dict[str, type] = {
     "model.image_size": int,
     "model.num_classes": int,
     "model.dropout_rate": float,
+    "model.drop_connect_rate": float,
     "model.batch_norm_momentum": float,
     "model.width_coefficient": float,
     "model.depth_coefficient": float,
@@ -44,6 +43,9 @@ _NULLABLE_TYPES: dict[str, type] = {
     "eval.batch_size": int,
 }
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+
+# A layer file may start from other files of this folder: `base: <file.yaml>` (or a list), read first.
+BASE_KEY = "base"
 
 # A comma starts a new override only when a `dotted.key=` follows it, so values may hold commas.
 _OVERRIDE_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")
@@ -204,7 +206,7 @@ def apply_overrides(config: ml_collections.ConfigDict, items: Sequence[str]) -> 
 
             if not tf.io.gfile.exists(part):
                 raise UserError(f"hparams file {part} does not exist")
-            merge(config, _read_yaml(part), part)
+            merge(config, read_layer(part), part)
         else:
             raise UserError(f"bad --hparams value {part!r}; give a .yaml file or section.key=value")
 
@@ -229,10 +231,38 @@ def dataset_file(dataset: str) -> str | None:
     return None
 
 
-def variant_layer(model_name: str) -> Mapping[str, Any] | None:
-    """The per-variant overrides for a model name from variants.yaml."""
-    table = _read_yaml(VARIANTS_FILE) or {}
-    return table.get(model_name)
+def variant_layer(model_name: str) -> dict[str, Any]:
+    """The per-variant training overrides for a model name, from the variant table (canonical names)."""
+    from efficientnet_tf.scaling import get_variant
+
+    return get_variant(model_name).config_layer()
+
+
+def read_layer(path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A YAML layer with its `base:` files merged underneath (paths relative to the layer's folder)."""
+    values = _read_yaml(path)
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise UserError(f"{path} must hold a mapping of sections (model:, data:, train:, ...), got {type(values).__name__}")
+    values = dict(values)
+    bases = values.pop(BASE_KEY, None) or []
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else list(bases):
+        base_path = base if os.path.isabs(base) or "://" in base else os.path.join(os.path.dirname(path), base)
+        if base_path in _seen:
+            raise UserError(f"{path}: `base: {base}` includes itself")
+        _deep_update(merged, read_layer(base_path, _seen + (path,)))
+    _deep_update(merged, values)
+    return merged
+
+
+def _deep_update(target: dict[str, Any], values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = dict(value) if isinstance(value, Mapping) else value
 
 
 def build_config(
@@ -250,18 +280,21 @@ def build_config(
     apply_overrides(probe, overrides)
     for key, value in flag_values.items():
         set_value(probe, key, value, f"flag for {key}")
-    model_name, dataset = probe.model.name, probe.data.dataset
+    from efficientnet_tf.scaling import canonical_name
+
+    model_name, dataset = canonical_name(probe.model.name), probe.data.dataset
 
     config = default_config()
     variant = variant_layer(model_name)
     if variant:
-        merge(config, variant, f"{os.path.basename(VARIANTS_FILE)}[{model_name}]")
+        merge(config, variant, f"variant table [{model_name}]")
     path = dataset_file(dataset)
     if path:
-        merge(config, _read_yaml(path), os.path.relpath(path, os.path.dirname(CONFIG_DIR)))
+        merge(config, read_layer(path), os.path.relpath(path, os.path.dirname(CONFIG_DIR)))
     apply_overrides(config, overrides)
     for key, value in flag_values.items():
         set_value(config, key, value, f"flag for {key}")
+    config.model.name = model_name
     logging.info("Config layers: defaults, variant %s%s, dataset %s%s, %d override(s), %d flag(s)",
                  model_name, "" if variant else " (none)", dataset, "" if path else " (none)",
                  len(split_overrides(overrides)), len(flag_values))
@@ -286,29 +319,20 @@ def to_yaml(config: ml_collections.ConfigDict) -> str:
     return yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
 
 
-def save_config(config: ml_collections.ConfigDict, model_dir: str) -> str:
-    """Write the resolved config to model_dir/config.yaml and return the path."""
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Parse a resolved config file (a run's config.yaml), strictly against today's defaults.
+
+    `efficientnet_tf.rundir.RunDir.read_config` is how a run's config is read; this is its parser.
+    """
     import tensorflow as tf
 
-    path = os.path.join(model_dir, RESOLVED_CONFIG_NAME)
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as handle:
-        handle.write("# Resolved configuration of this run, written by main.py; eval and export read it.\n")
-        handle.write(to_yaml(config))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-    return path
-
-
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """Read a resolved config.yaml back, checked against today's defaults (strict)."""
-    import tensorflow as tf
-
-    if tf.io.gfile.isdir(path):
-        path = os.path.join(path, RESOLVED_CONFIG_NAME)
     if not tf.io.gfile.exists(path):
-        raise UserError(f"no {RESOLVED_CONFIG_NAME} at {path}; train into that --model_dir first")
+        raise UserError(f"config file {path} does not exist")
+    values = _read_yaml(path)
+    if not isinstance(values, Mapping) or "model" not in values:
+        raise UserError(f"{path} is not a config written by training (no model: section)")
     config = default_config()
-    merge(config, _read_yaml(path), path)
+    merge(config, values, path)
     return config
 
 
@@ -330,6 +354,10 @@ def resolve(config: ml_collections.ConfigDict, *, num_classes: int, num_train: i
         model.image_size = int(variant.resolution)
     if model.dropout_rate is None:
         model.dropout_rate = float(variant.dropout_rate)
+    if model.drop_connect_rate is None:
+        from efficientnet_tf.scaling import DEFAULT_DROP_CONNECT_RATE
+
+        model.drop_connect_rate = DEFAULT_DROP_CONNECT_RATE
     if data.resize_method is None:
         data.resize_method = variant.resize_method
     if model.num_classes is None:

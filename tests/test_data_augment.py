@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import augment as A
-from data.sources import embedded_root
+from efficientnet_tf.data import augment as A
+from efficientnet_tf.data.sources import embedded_root
 
 FILL = 128
 

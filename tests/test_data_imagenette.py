@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-import data
-from data import make_embedded
+from efficientnet_tf import data
+from efficientnet_tf.data import make_embedded
 
 ARCHIVE = "imagenette2-224sq-train.tar"
 

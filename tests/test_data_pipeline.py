@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import data
-from data import mixing, preprocessing
+from efficientnet_tf import data
+from efficientnet_tf.data import mixing, preprocessing
 from efficientnet_tf.errors import UserError
+
+import pipeline_defaults as defaults
 
 
 @pytest.fixture(scope="module")
 def src() -> data.Source:
-    return data.get_source()
+    return defaults.get_source()
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -85,7 +87,7 @@ def test_train_preprocessing_shape_range_and_seeding():
 
 def test_random_crop_windows_respect_area_and_aspect():
     shape = tf.constant([300, 400, 3])
-    from data._random import RandomStream
+    from efficientnet_tf.data._random import RandomStream
 
     areas, fallbacks = [], 0
     for i in range(150):
@@ -117,7 +119,7 @@ def test_flip_happens_about_half_the_time():
 
 def test_unknown_resize_method_is_a_user_error(src):
     with pytest.raises(UserError, match="resize_method"):
-        data.build_eval_dataset(src, image_size=32, batch_size=4, resize_method="cubic-ish")
+        defaults.eval_dataset(src, image_size=32, batch_size=4, resize_method="cubic-ish")
 
 
 # ----------------------------------------------------------------------------- mixing
@@ -152,7 +154,7 @@ def test_cutmix_pastes_a_box_and_weights_labels_by_area():
 
 
 def test_train_dataset_batches(src):
-    dataset = data.build_train_dataset(src, image_size=40, batch_size=16, augment="autoaugment", seed=3)
+    dataset = defaults.train_dataset(src, image_size=40, batch_size=16, augment="autoaugment", seed=3)
     batches = list(dataset.take(3).as_numpy_iterator())
     for images, labels in batches:
         assert images.shape == (16, 40, 40, 3) and images.dtype == np.float32
@@ -165,14 +167,14 @@ def test_train_dataset_batches(src):
 
 
 def test_train_dataset_repeats_past_an_epoch(src):
-    dataset = data.build_train_dataset(src, image_size=16, batch_size=100, augment="none", seed=0)
+    dataset = defaults.train_dataset(src, image_size=16, batch_size=100, augment="none", seed=0)
     count = sum(1 for _ in dataset.take(src.num_train // 100 + 3))
     assert count == src.num_train // 100 + 3
 
 
 def test_deterministic_mode_reproduces_batches(src):
     def first_two(seed, **kwargs):
-        dataset = data.build_train_dataset(
+        dataset = defaults.train_dataset(
             src, image_size=32, batch_size=8, augment="randaugment", seed=seed, deterministic=True, **kwargs
         )
         return [b[0] for b in dataset.take(2).as_numpy_iterator()]
@@ -187,7 +189,7 @@ def test_deterministic_mode_reproduces_batches(src):
 
 
 def test_mixup_and_cutmix_in_the_training_pipeline(src):
-    dataset = data.build_train_dataset(
+    dataset = defaults.train_dataset(
         src, image_size=32, batch_size=8, augment="none", mixup_alpha=0.2, cutmix_alpha=1.0, seed=1
     )
     labels = np.concatenate([y for _, y in dataset.take(4).as_numpy_iterator()])
@@ -196,7 +198,7 @@ def test_mixup_and_cutmix_in_the_training_pipeline(src):
 
 
 def test_eval_dataset_is_one_ordered_pass(src):
-    dataset = data.build_eval_dataset(src, image_size=32, batch_size=64)
+    dataset = defaults.eval_dataset(src, image_size=32, batch_size=64)
     first = list(dataset.as_numpy_iterator())
     second = list(dataset.as_numpy_iterator())
     labels = np.concatenate([y for _, y in first])
@@ -204,20 +206,20 @@ def test_eval_dataset_is_one_ordered_pass(src):
     np.testing.assert_array_equal(labels, src.files("eval")[1])
     for (x1, _), (x2, _) in zip(first, second, strict=True):
         np.testing.assert_array_equal(x1, x2)
-    dropped = data.build_eval_dataset(src, image_size=32, batch_size=64, drop_remainder=True)
+    dropped = defaults.eval_dataset(src, image_size=32, batch_size=64, drop_remainder=True)
     assert sum(x.shape[0] for x, _ in dropped.as_numpy_iterator()) == 192
 
 
 def test_input_pipelines_shard_the_data(src):
     contexts = [tf.distribute.InputContext(2, i, 2) for i in range(2)]
-    evals = [data.build_eval_dataset(src, image_size=16, batch_size=50, input_context=c) for c in contexts]
+    evals = [defaults.eval_dataset(src, image_size=16, batch_size=50, input_context=c) for c in contexts]
     labels = [np.concatenate([y for _, y in e.as_numpy_iterator()]) for e in evals]
     assert len(labels[0]) + len(labels[1]) == src.num_eval
     assert len(labels[0]) == len(labels[1]) == 100
     records = [{r["id"] for r in src.records("eval", c).as_numpy_iterator()} for c in contexts]
     assert not records[0] & records[1]
     trains = [
-        data.build_train_dataset(src, image_size=16, batch_size=4, augment="none", seed=0, input_context=c)
+        defaults.train_dataset(src, image_size=16, batch_size=4, augment="none", seed=0, input_context=c)
         for c in contexts
     ]
     trains = [next(iter(t))[0] for t in trains]
@@ -229,18 +231,18 @@ def test_sample_images(src):
     assert images.shape == (12, 48, 48, 3) and images.dtype == tf.float32
     assert float(tf.reduce_max(images)) <= 255.0 and float(tf.reduce_min(images)) >= 0.0
     np.testing.assert_array_equal(images.numpy(), data.sample_images(src, 12, 48, "bilinear").numpy())
-    assert data.sample_images(src, 2000, 8).shape[0] == src.num_train
+    assert data.sample_images(src, 2000, 8, "bicubic").shape[0] == src.num_train
 
 
 def test_bad_arguments_are_user_errors(src):
     with pytest.raises(UserError, match="augment"):
-        data.build_train_dataset(src, image_size=32, batch_size=4, augment="autoaugment-v9")
+        defaults.train_dataset(src, image_size=32, batch_size=4, augment="autoaugment-v9")
     with pytest.raises(UserError, match="batch_size"):
-        data.build_train_dataset(src, image_size=32, batch_size=0)
+        defaults.train_dataset(src, image_size=32, batch_size=0)
     with pytest.raises(UserError, match="unknown dataset"):
-        data.get_source("imagenette_maxi")
+        defaults.get_source("imagenette_maxi")
     with pytest.raises(UserError, match="holdout_fraction"):
-        data.get_source("imagenette_mini", holdout_fraction=1.5)
+        defaults.get_source("imagenette_mini", holdout_fraction=1.5)
 
 
 def test_pipeline_feeds_a_keras_model(src):
@@ -255,6 +257,6 @@ def test_pipeline_feeds_a_keras_model(src):
         ]
     )
     model.compile("sgd", keras.losses.CategoricalCrossentropy(from_logits=True))
-    train = data.build_train_dataset(src, image_size=32, batch_size=32, augment="none", seed=0)
+    train = defaults.train_dataset(src, image_size=32, batch_size=32, augment="none", seed=0)
     history = model.fit(train, steps_per_epoch=3, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import data
+from efficientnet_tf import data
 from efficientnet_tf.errors import UserError
+
+import pipeline_defaults as defaults
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,16 +78,16 @@ def _check_colours(images: np.ndarray, labels: np.ndarray) -> None:
 def test_imagenet_tfrecords_read_back_with_zero_based_labels(tmp_path):
     train_labels = _write_shards(tmp_path, "train", 3, 8)
     val_labels = _write_shards(tmp_path, "validation", 1, 10, first_label=990)  # includes label 1000 → 999
-    src = data.get_source("imagenet", str(tmp_path))
+    src = defaults.get_source("imagenet", str(tmp_path))
     assert (src.num_classes, src.num_train, src.num_eval) == (1000, 24, 10)
-    batches = list(data.build_eval_dataset(src, image_size=32, batch_size=4).as_numpy_iterator())
+    batches = list(defaults.eval_dataset(src, image_size=32, batch_size=4).as_numpy_iterator())
     images = np.concatenate([x for x, _ in batches])
     labels = np.concatenate([y for _, y in batches])
     assert labels.dtype == np.int32
     assert sorted(labels.tolist()) == sorted(val_labels) and max(labels) == 999 and min(labels) == 990
     _check_colours(images, labels)
     # The training pipeline: one-hot labels at the 0-based index, images of the right colour.
-    train = data.build_train_dataset(
+    train = defaults.train_dataset(
         src, image_size=32, batch_size=6, augment="none", seed=0, deterministic=True
     )
     for images, one_hot in train.take(4).as_numpy_iterator():
@@ -98,7 +100,7 @@ def test_imagenet_tfrecords_read_back_with_zero_based_labels(tmp_path):
 def test_imagenet_minival_holds_out_whole_training_shards(tmp_path):
     _write_shards(tmp_path, "train", 10, 3)
     _write_shards(tmp_path, "validation", 1, 3)
-    src = data.get_source("imagenet:minival", str(tmp_path), holdout_fraction=0.2)
+    src = defaults.get_source("imagenet:minival", str(tmp_path), holdout_fraction=0.2)
     assert (src.num_train, src.num_eval) == (24, 6)
     train_ids = {r["id"] for r in src.records("train").as_numpy_iterator()}
     eval_ids = {r["id"] for r in src.records("eval").as_numpy_iterator()}
@@ -107,12 +109,12 @@ def test_imagenet_minival_holds_out_whole_training_shards(tmp_path):
     assert all(b"train-00008" in i or b"train-00009" in i for i in eval_ids)
     # Without validation shards, plain `imagenet` evaluates on the hold-out as well.
     os.remove(os.path.join(tmp_path, "validation-00000-of-00001"))
-    assert data.get_source("imagenet", str(tmp_path), holdout_fraction=0.2).num_eval == 6
+    assert defaults.get_source("imagenet", str(tmp_path), holdout_fraction=0.2).num_eval == 6
 
 
 def test_imagenet_single_shard_holdout_splits_records_without_overlap(tmp_path):
     _write_shards(tmp_path, "train", 1, 60)
-    src = data.get_source("imagenet", str(tmp_path), holdout_fraction=0.25)
+    src = defaults.get_source("imagenet", str(tmp_path), holdout_fraction=0.25)
     train_ids = [r["id"] for r in src.records("train").as_numpy_iterator()]
     eval_ids = [r["id"] for r in src.records("eval").as_numpy_iterator()]
     assert len(train_ids) == src.num_train and len(eval_ids) == src.num_eval
@@ -132,9 +134,9 @@ def test_imagenet_bad_records_are_skipped_and_reported(tmp_path):
         writer.write(b"not a tf.train.Example at all")
         writer.write(_example(_solid_jpeg(7), 8, "ok1"))
     _write_shards(tmp_path, "train", 1, 4)
-    src = data.get_source("imagenet", str(tmp_path))
+    src = defaults.get_source("imagenet", str(tmp_path))
     labels = np.concatenate(
-        [y for _, y in data.build_eval_dataset(src, image_size=16, batch_size=8).as_numpy_iterator()]
+        [y for _, y in defaults.eval_dataset(src, image_size=16, batch_size=8).as_numpy_iterator()]
     )
     assert labels.tolist() == [3, 7]
     assert sorted(src.bad_files) == [f"{path}#{i}" for i in (1, 2, 3, 4)]
@@ -143,9 +145,9 @@ def test_imagenet_bad_records_are_skipped_and_reported(tmp_path):
 
 def test_imagenet_missing_data_dir_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="data_dir"):
-        data.get_source("imagenet")
+        defaults.get_source("imagenet")
     with pytest.raises(UserError, match="train-"):
-        data.get_source("imagenet", str(tmp_path))
+        defaults.get_source("imagenet", str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -197,7 +199,7 @@ def test_folder_with_bad_files_trains_a_full_epoch_and_reports_them(messy_folder
     import keras
 
     root, colours, corrupt = messy_folder
-    src = data.get_source(f"folder:{root}", holdout_fraction=0.0)
+    src = defaults.get_source(f"folder:{root}", holdout_fraction=0.0)
     assert src.class_names == ["cat", "dog", "owl", "yak"] and src.num_classes == 4
     # Up-front checks catch the empty and the non-image file, and the empty class folder.
     assert os.path.join(root, "owl", "empty.jpg") in src.bad_files
@@ -213,7 +215,7 @@ def test_folder_with_bad_files_trains_a_full_epoch_and_reports_them(messy_folder
         ]
     )
     model.compile("sgd", keras.losses.CategoricalCrossentropy(from_logits=True))
-    train = data.build_train_dataset(src, image_size=32, batch_size=4, augment="autoaugment", seed=0)
+    train = defaults.train_dataset(src, image_size=32, batch_size=4, augment="autoaugment", seed=0)
     steps = src.num_train // 4 + 2  # past one full epoch, so every file has been visited
     history = model.fit(train, steps_per_epoch=steps, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -222,7 +224,7 @@ def test_folder_with_bad_files_trains_a_full_epoch_and_reports_them(messy_folder
 
 def test_folder_converts_greyscale_cmyk_png_bmp_gif_to_rgb(messy_folder):
     root, colours, _ = messy_folder
-    src = data.get_source(f"folder:{root}", holdout_fraction=0.0)
+    src = defaults.get_source(f"folder:{root}", holdout_fraction=0.0)
     paths, labels = src.files("train")
     for name in ("photo.png", "cmyk.jpeg", "bitmap.BMP", "anim.gif"):
         path = next(p for p in paths if p.endswith(name))
@@ -241,22 +243,22 @@ def test_folder_seeded_split_is_per_class_disjoint_and_reproducible(tmp_path):
         (tmp_path / name).mkdir()
         for k in range(count):
             (tmp_path / name / f"{k}.jpg").write_bytes(_solid_jpeg(k, 16))
-    src = data.get_source(f"folder:{tmp_path}", holdout_fraction=0.2, seed=1)
+    src = defaults.get_source(f"folder:{tmp_path}", holdout_fraction=0.2, seed=1)
     train, held = src.files("train"), src.files("eval")
     assert not set(train[0]) & set(held[0])
     assert np.bincount(held[1], minlength=3).tolist() == [2, 4, 0]  # a single image stays in train
     assert (src.num_train, src.num_eval) == (25, 6)
-    assert data.get_source(f"folder:{tmp_path}", holdout_fraction=0.2, seed=1).files("eval") == held
-    assert data.get_source(f"folder:{tmp_path}", holdout_fraction=0.2, seed=2).files("eval") != held
+    assert defaults.get_source(f"folder:{tmp_path}", holdout_fraction=0.2, seed=1).files("eval") == held
+    assert defaults.get_source(f"folder:{tmp_path}", holdout_fraction=0.2, seed=2).files("eval") != held
 
 
 def test_more_input_pipelines_than_images_is_a_user_error(tmp_path):
     (tmp_path / "only").mkdir()
     for k in range(3):
         (tmp_path / "only" / f"{k}.jpg").write_bytes(_solid_jpeg(k, 16))
-    src = data.get_source(f"folder:{tmp_path}", holdout_fraction=0.0)
+    src = defaults.get_source(f"folder:{tmp_path}", holdout_fraction=0.0)
     with pytest.raises(UserError, match="input pipelines"):
-        data.build_train_dataset(
+        defaults.train_dataset(
             src, image_size=16, batch_size=1, input_context=tf.distribute.InputContext(4, 0, 4)
         )
 
@@ -267,20 +269,20 @@ def test_folder_with_train_and_val_uses_them(tmp_path):
             (tmp_path / split / name).mkdir(parents=True)
             for k in range(count):
                 (tmp_path / split / name / f"{k}.jpg").write_bytes(_solid_jpeg(k, 16))
-    src = data.get_source(f"folder:{tmp_path}")
+    src = defaults.get_source(f"folder:{tmp_path}")
     assert (src.num_train, src.num_eval, src.class_names) == (6, 4, ["x", "y"])
     assert all(os.sep + "val" + os.sep in p for p in src.files("eval")[0])
 
 
 def test_folder_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist") as error:
-        data.get_source(f"folder:{tmp_path / 'nope'}")
+        defaults.get_source(f"folder:{tmp_path / 'nope'}")
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="no class sub-folders"):
-        data.get_source(f"folder:{tmp_path}")
+        defaults.get_source(f"folder:{tmp_path}")
     (tmp_path / "empty_class").mkdir()
     with pytest.raises(UserError, match="no usable training images"):
-        data.get_source(f"folder:{tmp_path}")
+        defaults.get_source(f"folder:{tmp_path}")
 
 
 # ----------------------------------------------------------------------------- TFDS
@@ -289,12 +291,12 @@ def test_folder_user_errors(tmp_path):
 def test_tfds_source_with_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12):
-        src = data.get_source("tfds:cifar10", str(tmp_path))
+        src = defaults.get_source("tfds:cifar10", str(tmp_path))
         assert src.name == "tfds:cifar10" and src.num_classes == 10 and len(src.class_names) == 10
-        train = data.build_train_dataset(src, image_size=32, batch_size=4, augment="randaugment", seed=0)
+        train = defaults.train_dataset(src, image_size=32, batch_size=4, augment="randaugment", seed=0)
         images, labels = next(iter(train))
         assert images.shape == (4, 32, 32, 3) and labels.shape == (4, 10)
-        evaluation = data.build_eval_dataset(src, image_size=24, batch_size=5)
+        evaluation = defaults.eval_dataset(src, image_size=24, batch_size=5)
         batches = list(evaluation.as_numpy_iterator())
         assert sum(len(y) for _, y in batches) == 12
         assert all(0 <= label < 10 for _, y in batches for label in y)
@@ -307,14 +309,14 @@ def test_missing_tfds_dataset_fails_fast_with_one_line(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     started = time.perf_counter()
     with pytest.raises(UserError) as error:
-        data.get_source("tfds:cifar10", str(tmp_path))
+        defaults.get_source("tfds:cifar10", str(tmp_path))
     assert time.perf_counter() - started < 5.0
     message = str(error.value)
     assert "\n" not in message and str(tmp_path) in message and "tfds build cifar10" in message
     with pytest.raises(UserError, match="unknown TFDS dataset"):
-        data.get_source("tfds:no_such_dataset_anywhere", str(tmp_path))
+        defaults.get_source("tfds:no_such_dataset_anywhere", str(tmp_path))
     with pytest.raises(UserError, match="bad TFDS dataset spec"):
-        data.get_source("tfds:", str(tmp_path))
+        defaults.get_source("tfds:", str(tmp_path))
 
 
 def test_missing_tfds_dataset_fails_fast_without_importing_tfds(tmp_path):
@@ -323,11 +325,11 @@ def test_missing_tfds_dataset_fails_fast_without_importing_tfds(tmp_path):
         f"""
         import sys, time
         sys.path.insert(0, {REPO_ROOT!r})
-        import data
+        from efficientnet_tf import data
         from efficientnet_tf.errors import UserError
         started = time.perf_counter()
         try:
-            data.get_source("tfds:imagenette:320px-v2", {str(tmp_path)!r})
+            data.get_source("tfds:imagenette:320px-v2", {str(tmp_path)!r}, holdout_fraction=0.1, seed=0)
         except UserError as error:
             print("ELAPSED", time.perf_counter() - started)
             print("TFDS_IMPORTED", "tensorflow_datasets" in sys.modules)

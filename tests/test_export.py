@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import export
+from efficientnet_tf import export
 from efficientnet_tf import build_model
 from efficientnet_tf.errors import UserError
-from export import common
+from efficientnet_tf.export import common
+from efficientnet_tf import model_io
+
+import pipeline_defaults as defaults
 
 SIZE = 64
 CLASSES = ["red", "green", "blue"]
@@ -265,7 +268,7 @@ def test_predict_from_every_artifact(exported, trained, dataset, tmp_path):
     keras_dir = tmp_path / "keras"
     keras_dir.mkdir()
     trained.save(keras_dir / "model.keras")
-    common.write_labels(str(keras_dir / "labels.txt"), CLASSES)
+    common.write_labels_file(str(keras_dir / "labels.txt"), CLASSES)
 
     sources = {
         "saved_model": (export_dir / "saved_model", 1e-5),
@@ -296,7 +299,9 @@ def test_predict_from_every_artifact(exported, trained, dataset, tmp_path):
 
 
 def test_predict_from_training_run_goes_through_the_trainer_seam(trained, dataset, tmp_path, monkeypatch):
-    """A model_dir that is not a SavedModel is restored by efficientnet_tf.training.restore_for_inference."""
+    """A model_dir that is not a SavedModel is restored by efficientnet_tf.model_io.restore_for_inference."""
+    from efficientnet_tf.export import predict as predict_module
+
     calls = []
 
     def restore_for_inference(model_dir, checkpoint=None):
@@ -304,15 +309,15 @@ def test_predict_from_training_run_goes_through_the_trainer_seam(trained, datase
         config = type("Config", (), {"data": type("DataConfig", (), {"resize_method": RESIZE})()})()
         return trained, config, CLASSES
 
-    fake = type(sys)("efficientnet_tf.training")
-    fake.restore_for_inference = restore_for_inference
-    monkeypatch.setitem(sys.modules, "efficientnet_tf.training", fake)
+    monkeypatch.setattr(predict_module, "restore_for_inference", restore_for_inference)
     image = tmp_path / "image.jpg"
     image.write_bytes(dataset["eval_bytes"][1])
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     result = export.run_predict(str(run_dir), [str(image)], top_k=2)
     assert calls == [(str(run_dir), None)]
+    export.run_predict(str(run_dir), [str(image)], top_k=2, checkpoint="best")
+    assert calls[-1] == (str(run_dir), "best")
     expected = _keras_probs(trained, dataset["eval_images"][1:2])[0]
     assert result[0][0] == (CLASSES[int(np.argmax(expected))], pytest.approx(float(expected.max()), abs=1e-5))
     assert len(result[0]) == 2
@@ -448,9 +453,9 @@ def test_int8_lite0_keeps_imagenette_accuracy(tmp_path):
     points plus two standard errors of the paired difference; `benchmarks/export.py` makes the
     947-image check on the shared archive.
     """
-    import data
+    from efficientnet_tf import data
 
-    src = data.get_source("imagenette_mini")
+    src = defaults.get_source("imagenette_mini")
     size, method = 96, "bilinear"
     keras.utils.set_random_seed(0)
     model = build_model(
@@ -462,9 +467,9 @@ def test_int8_lite0_keeps_imagenette_accuracy(tmp_path):
     steps = 24 * (src.num_train // 32)
     schedule = keras.optimizers.schedules.CosineDecay(0.0, steps, warmup_target=2e-3, warmup_steps=steps // 20)
     model.compile(keras.optimizers.Adam(schedule), keras.losses.CategoricalCrossentropy(label_smoothing=0.1))
-    train = data.build_train_dataset(src, image_size=size, batch_size=32, resize_method=method, augment="none", seed=0)
+    train = defaults.train_dataset(src, image_size=size, batch_size=32, resize_method=method, augment="none", seed=0)
     model.fit(train, epochs=1, steps_per_epoch=steps, verbose=0)
-    batches = list(data.build_eval_dataset(src, image_size=size, batch_size=50, resize_method=method))
+    batches = list(defaults.eval_dataset(src, image_size=size, batch_size=50, resize_method=method))
     images = np.concatenate([b[0].numpy() for b in batches])
     labels = np.concatenate([b[1].numpy() for b in batches])
     report = export.run_export(
@@ -485,3 +490,13 @@ def test_int8_lite0_keeps_imagenette_accuracy(tmp_path):
     int8 = _row(report, "tflite_int8")
     allowance = 0.015 + 2 * np.sqrt(int8["top1_flips"]) / len(labels)
     assert int8["accuracy"] >= float_accuracy - allowance, export.format_report(report)
+
+
+def test_exporter_does_not_import_training():
+    """The exporter and predictor restore runs through model_io; the training package stays unloaded."""
+    code = ("import sys, efficientnet_tf.export, efficientnet_tf.model_io; "
+            "print(sorted(m for m in sys.modules if m.startswith('efficientnet_tf.training')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

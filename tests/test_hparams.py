@@ -6,8 +6,9 @@ import pathlib
 
 import pytest
 
-import hparams
+from efficientnet_tf import hparams
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.rundir import RunDir
 
 
 def test_defaults_are_the_reference_recipe() -> None:
@@ -18,7 +19,9 @@ def test_defaults_are_the_reference_recipe() -> None:
         "exponential", 0.97, 2.4, True)
     assert train.label_smoothing == 0.1 and train.weight_decay == 1e-5
     assert train.ema_decay == 0.9999 and train.epochs == 350
-    assert hparams.default_config().model.drop_connect_rate == 0.2
+    resolved = hparams.resolve(hparams.build_config([], {"data.dataset": "imagenet"}), num_classes=1000,
+                               num_train=1_281_167)
+    assert resolved.model.drop_connect_rate == 0.2 and resolved.model.dropout_rate == 0.2
 
 
 def test_layers_apply_in_order() -> None:
@@ -26,7 +29,7 @@ def test_layers_apply_in_order() -> None:
     config = hparams.build_config()
     assert config.model.image_size == 96  # datasets/imagenette_mini.yaml, the default dataset
     config = hparams.build_config(["model.name=efficientnet-b5"])
-    assert config.data.randaug_magnitude == 17  # variants.yaml follows a model chosen in --hparams
+    assert config.data.randaug_magnitude == 17  # the variant table's layer follows a model chosen in --hparams
     config = hparams.build_config(["train.batch_size=64", "train.batch_size=48"], {"train.epochs": 2.0})
     assert config.train.batch_size == 48 and config.train.epochs == 2.0
     config = hparams.build_config(["train.batch_size=64"], {"train.batch_size": 16})
@@ -134,18 +137,19 @@ def test_resolve_rejects_inconsistent_values() -> None:
 def test_save_and_load_round_trip(tmp_path: pathlib.Path) -> None:
     config = hparams.resolve(hparams.build_config(["train.seed=3,data.augment=randaugment"]), num_classes=10,
                              num_train=800)
-    path = hparams.save_config(config, str(tmp_path))
+    run = RunDir(str(tmp_path))
+    path = run.write_config(config)
     assert pathlib.Path(path).name == "config.yaml"
-    loaded = hparams.load_config(str(tmp_path))
+    loaded = run.read_config()
     assert hparams.differences(config, loaded) == {}
     assert loaded.train.seed == 3 and loaded.model.image_size == 96
     text = pathlib.Path(path).read_text()
     assert text.index("model:") < text.index("data:") < text.index("train:")
     (tmp_path / "config.yaml").write_text(text.replace("  epochs:", "  epochz:"))
     with pytest.raises(UserError, match="did you mean train.epochs"):
-        hparams.load_config(str(tmp_path))
+        run.read_config()
     with pytest.raises(UserError, match="no config.yaml"):
-        hparams.load_config(str(tmp_path / "elsewhere"))
+        RunDir(str(tmp_path / "elsewhere")).read_config()
 
 
 def test_dataset_files_are_found_by_name_then_family() -> None:
@@ -158,8 +162,49 @@ def test_dataset_files_are_found_by_name_then_family() -> None:
 def test_every_shipped_yaml_is_valid() -> None:
     root = pathlib.Path(hparams.DEFAULTS_FILE).parent
     for path in sorted(root.rglob("*.yaml")):
-        if path.name in ("defaults.yaml", "variants.yaml"):
+        if path.name == "defaults.yaml":
             continue
         hparams.build_config([str(path)])  # strict: fails on any unknown key or wrong type
     for name in ("efficientnet-b5", "efficientnet-b7", "efficientnet-b0"):
         hparams.build_config([f"model.name={name}"])
+
+
+@pytest.mark.parametrize("spelling", ["efficientnet_b5", "EfficientNet-B5", "EFFICIENTNET_B5", " efficientnet-b5"])
+def test_model_name_spellings_resolve_to_the_same_config(spelling: str) -> None:
+    """Any spelling of a variant gets the canonical name and the variant's layer (RandAugment 17 for B5)."""
+    canonical = hparams.build_config([], {"model.name": "efficientnet-b5"})
+    for config in (hparams.build_config([], {"model.name": spelling}), hparams.build_config([f"model.name={spelling}"])):
+        assert config.model.name == "efficientnet-b5"
+        assert config.data.randaug_magnitude == 17
+        assert hparams.differences(canonical, config) == {}
+
+
+def test_variant_layer_comes_from_the_variant_table() -> None:
+    from efficientnet_tf import scaling
+
+    assert hparams.variant_layer("efficientnet-b7") == {"data": {"randaug_magnitude": 28}}
+    assert hparams.variant_layer("efficientnet-b0") == {}
+    assert scaling.get_variant("efficientnet_b4").paper_madds_b == 4.2
+
+
+def test_layer_files_can_start_from_a_base(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "recipe.yaml").write_text("train:\n  optimizer: adamw\n  epochs: 5\nmodel:\n  dropout_rate: 0.0\n")
+    (tmp_path / "mine.yaml").write_text("base: recipe.yaml\ntrain:\n  epochs: 2\n")
+    config = hparams.build_config([str(tmp_path / "mine.yaml")])
+    assert (config.train.optimizer, config.train.epochs, config.model.dropout_rate) == ("adamw", 2, 0.0)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(UserError, match="includes itself"):
+        hparams.build_config([str(tmp_path / "loop.yaml")])
+
+
+def test_embedded_default_uses_the_short_schedule_recipe_file() -> None:
+    """datasets/imagenette_mini.yaml builds on hparams/imagenette.yaml instead of repeating it."""
+    root = pathlib.Path(hparams.DEFAULTS_FILE).parent
+    mini = (root / "datasets" / "imagenette_mini.yaml").read_text()
+    assert "base: ../imagenette.yaml" in mini
+    recipe = hparams.build_config([str(root / "imagenette.yaml")], {"data.dataset": "synthetic"})
+    embedded = hparams.build_config([])
+    for key in ("train.optimizer", "train.base_learning_rate", "train.lr_schedule", "train.warmup_epochs",
+                "model.batch_norm_momentum", "model.zero_init_residual", "data.min_crop_area", "data.augment"):
+        section, name = key.split(".")
+        assert embedded[section][name] == recipe[section][name], key

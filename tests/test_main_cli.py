@@ -122,10 +122,12 @@ def test_train_eval_resume_and_model_mismatch(tmp_path: pathlib.Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resumed from" in again.stderr and "step 4" in again.stdout
 
+    best = json.loads((run / "checkpoints" / "best" / "best.json").read_text())
+    assert best["top1"] >= first["top1"]
     evaluated = _main("--mode=eval", f"--model_dir={run}", "--checkpoint=best")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert f"top-1 {100 * first['top1']:.2f}%" in evaluated.stdout
-    assert json.loads((run / "eval_results.json").read_text())["top1"] == pytest.approx(first["top1"])
+    assert f"at step {best['step']} " in evaluated.stdout and f"top-1 {100 * best['top1']:.2f}%" in evaluated.stdout
+    assert json.loads((run / "eval_results.json").read_text())["top1"] == pytest.approx(best["top1"])
 
     _assert_one_line_error(_main(*args[:-2], "--hparams=model.width_coefficient=0.5,model.depth_coefficient=0.25,"
                                              "model.image_size=32"), "model.width_coefficient=0.25", "--model_dir")

@@ -76,6 +76,7 @@ def test_mirrored_two_cpu_replicas_agree(tmp_path: pathlib.Path) -> None:
     assert os.path.exists(tmp_path / "run" / "checkpoints" / f"ckpt-{STEPS}.index")
 
 
+@pytest.mark.slow  # two worker processes; the fast tier keeps the mirrored two-replica check
 def test_multi_worker_two_processes_agree(tmp_path: pathlib.Path) -> None:
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -102,7 +103,7 @@ def test_multi_worker_two_processes_agree(tmp_path: pathlib.Path) -> None:
 
 
 def _tiny_config():
-    import hparams
+    from efficientnet_tf import hparams
 
     config = hparams.build_config([
         f"model.width_coefficient=0.25,model.depth_coefficient=0.25,model.image_size={IMAGE_SIZE}",
@@ -118,13 +119,14 @@ def _worker(kind: str, out: str, model_dir: str) -> None:
     import tensorflow as tf
 
     from efficientnet_tf import training
+    from efficientnet_tf.data import synthetic_dataset_fn
 
     keras.utils.set_random_seed(1)
     info = training.create_strategy(kind, cpu_devices=2 if kind == "mirrored" else 1)
     config = _tiny_config()
     trainer = training.Trainer(
         config, info, model_dir,
-        train_dataset_fn=training.synthetic_dataset_fn(IMAGE_SIZE, NUM_CLASSES, BATCH, seed=3),
+        train_dataset_fn=synthetic_dataset_fn(IMAGE_SIZE, NUM_CLASSES, BATCH, seed=3),
     )
     initial = [np.array(v.value.read_value()) for v in trainer.model.trainable_variables]
     result = trainer.train()

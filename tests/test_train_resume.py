@@ -49,6 +49,7 @@ def _weights(prefix: str) -> dict[str, np.ndarray]:
     return {n: reader.get_tensor(n) for n in names}
 
 
+@pytest.mark.slow  # three training processes; the fast tier resumes through test_main_cli
 def test_sigkill_then_rerun_resumes_to_the_exact_step_and_matches_uninterrupted(tmp_path: pathlib.Path) -> None:
     interrupted = tmp_path / "interrupted"
     ckpt_dir = interrupted / "checkpoints"
@@ -91,8 +92,10 @@ def test_sigkill_then_rerun_resumes_to_the_exact_step_and_matches_uninterrupted(
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: pathlib.Path) -> None:
-    import hparams
+    from efficientnet_tf import hparams
     from efficientnet_tf import training
+    from efficientnet_tf.data import synthetic_dataset_fn
+    from efficientnet_tf import model_io
 
     bad_from_step = 5
     config = hparams.resolve(
@@ -100,7 +103,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: pathlib.Path) -
                               "train.checkpoint_every_steps=2,train.log_every_steps=2,train.image_summary=false"]),
         num_classes=3, num_train=40,
     )
-    good = training.synthetic_dataset_fn(32, 3, 4, seed=1)
+    good = synthetic_dataset_fn(32, 3, 4, seed=1)
 
     def poisoned(context: tf.distribute.InputContext) -> tf.data.Dataset:
         nan_images = good(context).map(lambda x, y: (x * float("nan"), y))
@@ -113,7 +116,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: pathlib.Path) -
     message = str(caught.value)
     assert "nan" in message.lower() and "ckpt-4" in message
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-4")
-    restored = training.build_model_from_config(config)
-    step = training.restore_weights(restored, str(tmp_path / "checkpoints" / "ckpt-4"))
+    restored = model_io.build_model_from_config(config)
+    step = model_io.restore_weights(restored, str(tmp_path / "checkpoints" / "ckpt-4"))
     assert step == 4
     assert all(np.isfinite(np.asarray(v.value)).all() for v in restored.variables)

@@ -11,8 +11,11 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-import hparams
+from efficientnet_tf import hparams
 from efficientnet_tf import training
+from efficientnet_tf.data import synthetic_dataset_fn
+from efficientnet_tf import model_io
+from efficientnet_tf.rundir import RunDir
 
 TINY = "model.width_coefficient=0.25,model.depth_coefficient=0.25,model.image_size=32"
 
@@ -43,8 +46,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         num_classes=4, num_train=24,
     )
     info = training.create_strategy("default")
-    train_fn = training.synthetic_dataset_fn(32, 4, 8, seed=2)
-    eval_fn = training.synthetic_dataset_fn(32, 4, 8, seed=2, eval=True, eval_examples=40)
+    train_fn = synthetic_dataset_fn(32, 4, 8, seed=2)
+    eval_fn = synthetic_dataset_fn(32, 4, 8, seed=2, eval=True, eval_examples=40)
     trainer = training.Trainer(config, info, str(model_dir), train_dataset_fn=train_fn, eval_dataset_fn=eval_fn)
     result = trainer.train(eval_every_epochs=1)
     return {"dir": model_dir, "result": result, "config": config, "info": info, "eval_fn": eval_fn}
@@ -100,9 +103,9 @@ def test_evaluating_the_checkpoint_again_gives_the_same_numbers(run: dict) -> No
 
 
 def test_restore_for_inference_uses_the_moving_average(run: dict) -> None:
-    training.write_labels(str(run["dir"]), ["a", "b", "c", "d"])
-    hparams.save_config(run["config"], str(run["dir"]))
-    model, config, names = training.restore_for_inference(str(run["dir"]))
+    RunDir(str(run["dir"])).write_labels(["a", "b", "c", "d"])
+    RunDir(str(run["dir"])).write_config(run["config"])
+    model, config, names = model_io.restore_for_inference(str(run["dir"]))
     assert names == ["a", "b", "c", "d"] and int(config.model.num_classes) == 4
     reader = tf.train.load_checkpoint(str(run["dir"] / "checkpoints" / "ckpt-6"))
     kernel = model.get_layer("predictions").kernel

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import hparams
+from efficientnet_tf import hparams
 from efficientnet_tf import build_model, training
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.training import loop, schedules, strategy
+from efficientnet_tf.data import synthetic_dataset_fn
+from efficientnet_tf import model_io
 
 
 def _reference_config(**train_overrides):
@@ -78,7 +80,7 @@ def test_ema_averages_weights_and_batch_norm_statistics_with_the_ramp() -> None:
     paths = [v.path for v in averaged]
     assert any(p.endswith("moving_mean") for p in paths) and any(p.endswith("moving_variance") for p in paths)
     assert len(averaged) == len(model.trainable_variables) + sum(
-        2 for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization))
+        2 for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
     assert not any("seed_generator" in p or "normalization/" in p for p in paths)
 
     ema = training.ExponentialMovingAverage(averaged, decay=0.9999)
@@ -105,7 +107,7 @@ def test_weight_decay_skips_batch_norm_only() -> None:
     names = [v.path for v in decayed]
     assert not any("_bn/" in n or n.startswith("stem_bn") for n in names)
     assert any(n.endswith("kernel") for n in names) and any("predictions/bias" in n for n in names)
-    bn_params = sum(len(l.trainable_variables) for l in model._flatten_layers()
+    bn_params = sum(len(l.trainable_variables) for l in model.layers
                     if isinstance(l, keras.layers.BatchNormalization))
     assert len(decayed) == len(model.trainable_variables) - bn_params
 
@@ -119,7 +121,7 @@ def test_training_step_loss_is_label_smoothed_cross_entropy_plus_l2(tmp_path) ->
         num_classes=3, num_train=4,
     )
     info = training.create_strategy("default")
-    data_fn = training.synthetic_dataset_fn(32, 3, 4, seed=9)
+    data_fn = synthetic_dataset_fn(32, 3, 4, seed=9)
     trainer = training.Trainer(config, info, str(tmp_path), train_dataset_fn=data_fn)
     images, labels = next(iter(data_fn(tf.distribute.InputContext())))
     logits = trainer.model(images, training=True)
@@ -202,10 +204,10 @@ def test_profile_steps_parsing() -> None:
 
 
 def test_strategy_names_match_the_command_line() -> None:
-    import main
+    from efficientnet_tf import cli
 
-    assert main.STRATEGIES == strategy.STRATEGY_KINDS
-    assert main.PRECISIONS == strategy.PRECISIONS
+    assert cli.STRATEGIES == strategy.STRATEGY_KINDS
+    assert cli.PRECISIONS == strategy.PRECISIONS
     assert set(schedules.OPTIMIZERS) >= {"rmsprop"}
 
 
@@ -222,7 +224,7 @@ def test_init_weights_fine_tunes_with_a_new_class_count(tmp_path) -> None:
         num_classes=3, num_train=8,
     )
     info = training.create_strategy("default")
-    data_fn = training.synthetic_dataset_fn(32, 3, 4, seed=4)
+    data_fn = synthetic_dataset_fn(32, 3, 4, seed=4)
     run_dir = str(tmp_path / "run")
     trainer = training.Trainer(config, info, run_dir, train_dataset_fn=data_fn, init_weights=weights_file)
     stem = np.array(source.get_layer("stem_conv").kernel.value)
@@ -246,8 +248,8 @@ def test_short_run_model_options() -> None:
                               "model.batch_norm_momentum=0.9,model.zero_init_residual=true"]),
         num_classes=3, num_train=64,
     )
-    model = training.build_model_from_config(config)
-    norms = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    model = model_io.build_model_from_config(config)
+    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert norms and all(l.momentum == 0.9 for l in norms)
     residual = [l.name[: -len("add")] for l in model.layers if l.name.endswith("add")]
     assert residual, "a 0.5-depth B0 still has identity-skip blocks"

@@ -1,36 +1,17 @@
-"""Training: strategy selection, the strategy.run loop, schedules, EMA, checkpoints, summaries.
+"""Training: strategy selection, the strategy.run loop, schedules, checkpoints, summaries, evaluation.
 
     from efficientnet_tf import training
     info = training.create_strategy("auto")
     trainer = training.Trainer(config, info, model_dir, train_dataset_fn=..., eval_dataset_fn=...)
     result = trainer.train(eval_every_epochs=1)
-    model, config, class_names = training.restore_for_inference(model_dir)
+
+Most callers go through `efficientnet_tf.app`, which prepares the config, data and run directory.
 """
 
-from efficientnet_tf.training.checkpoints import (
-    CheckpointKeeper,
-    best_dir,
-    checkpoint_dir,
-    resolve_checkpoint,
-)
-from efficientnet_tf.training.ema import ExponentialMovingAverage, averaged_variables
-from efficientnet_tf.training.loop import (
-    NonFiniteLossError,
-    Trainer,
-    TrainResult,
-    evaluate_checkpoints,
-    write_eval_results,
-)
-from efficientnet_tf.training.model_io import (
-    CONFIG_FILE,
-    LABELS_FILE,
-    build_model_from_config,
-    read_config,
-    read_labels,
-    restore_for_inference,
-    restore_weights,
-    write_labels,
-)
+from efficientnet_tf.ema import ExponentialMovingAverage, averaged_variables
+from efficientnet_tf.training.checkpoints import CheckpointKeeper
+from efficientnet_tf.training.evaluation import evaluate_checkpoints, evaluate_model, make_eval_batch_fn
+from efficientnet_tf.training.loop import NonFiniteLossError, Trainer, TrainResult
 from efficientnet_tf.training.schedules import WarmupDecay, build_optimizer, build_schedule, peak_learning_rate
 from efficientnet_tf.training.strategy import (
     StrategyInfo,
@@ -41,12 +22,9 @@ from efficientnet_tf.training.strategy import (
     split_cpu,
     use_xla,
 )
-from efficientnet_tf.training.summaries import Progress, Summaries, image_grid, logs_dir
-from efficientnet_tf.training.synthetic import synthetic_dataset_fn
+from efficientnet_tf.training.summaries import Progress, Summaries, image_grid
 
 __all__ = [
-    "CONFIG_FILE",
-    "LABELS_FILE",
     "CheckpointKeeper",
     "ExponentialMovingAverage",
     "NonFiniteLossError",
@@ -57,27 +35,17 @@ __all__ = [
     "Trainer",
     "WarmupDecay",
     "averaged_variables",
-    "best_dir",
-    "build_model_from_config",
     "build_optimizer",
     "build_schedule",
     "check_batch_size",
-    "checkpoint_dir",
     "create_strategy",
     "evaluate_checkpoints",
+    "evaluate_model",
     "image_grid",
-    "logs_dir",
+    "make_eval_batch_fn",
     "peak_learning_rate",
     "precision_policy",
-    "read_config",
-    "read_labels",
-    "resolve_checkpoint",
-    "restore_for_inference",
-    "restore_weights",
     "set_precision",
     "split_cpu",
-    "synthetic_dataset_fn",
     "use_xla",
-    "write_eval_results",
-    "write_labels",
 ]

@@ -7,9 +7,7 @@ uses this custom loop everywhere: default strategy on a CPU, MirroredStrategy, m
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,15 +17,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.errors import UserError
-from efficientnet_tf.training import checkpoints, model_io, schedules
-from efficientnet_tf.training.ema import ExponentialMovingAverage, averaged_variables
+from efficientnet_tf import model_io
+from efficientnet_tf.ema import ExponentialMovingAverage, averaged_variables, batch_norm_layers
+from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.hparams import flatten
+from efficientnet_tf.rundir import RunDir
+from efficientnet_tf.training import checkpoints, schedules
+from efficientnet_tf.training.evaluation import DatasetFn, dataset_options, evaluate_model, make_eval_batch_fn
 from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size, use_xla
 from efficientnet_tf.training.summaries import Progress, Summaries
 
-DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
-EVAL_RESULTS_FILE = "eval_results.json"
-EVAL_HISTORY_FILE = "eval_history.jsonl"
 DEFAULT_STEPS_PER_LOOP = {"CPU": 1, "GPU": 100, "TPU": 1000}
 
 
@@ -47,30 +46,13 @@ class TrainResult:
     resumed_from: str | None
 
 
-def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _batch_norm_statistics(model: keras.Model) -> list[keras.Variable]:
-    stats = []
-    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 - Keras has no public walk
-        if isinstance(layer, keras.layers.BatchNormalization):
-            stats.extend([layer.moving_mean, layer.moving_variance])
-    return stats
+    return [v for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
 
 
 def _decayed_variables(model: keras.Model) -> list[keras.Variable]:
     """Trainable weights that get L2 weight decay: all but batch-norm gamma and beta."""
-    excluded = set()
-    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001
-        if isinstance(layer, keras.layers.BatchNormalization):
-            excluded.update(id(v) for v in layer.trainable_variables)
+    excluded = {id(v) for layer in batch_norm_layers(model) for v in layer.trainable_variables}
     return [v for v in model.trainable_variables if id(v) not in excluded]
 
 
@@ -85,14 +67,6 @@ def parse_profile_steps(value: str | None) -> tuple[int, int] | None:
     if not 0 <= start < stop:
         raise UserError(f"train.profile_steps needs 0 <= START < STOP, got {value!r}")
     return start, stop
-
-
-def _dataset_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    options = tf.data.Options()
-    # The pipeline reports bad files through a py_function; its iterator can still be saved.
-    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return dataset.with_options(options)
 
 
 class Trainer:
@@ -133,7 +107,8 @@ class Trainer:
         policy = keras.mixed_precision.global_policy().name
         self.num_classes = int(config.model.num_classes)
 
-        resume_from = tf.train.latest_checkpoint(checkpoints.checkpoint_dir(model_dir))
+        self.run = RunDir(model_dir)
+        resume_from = self.run.latest_checkpoint()
         with self.strategy.scope():
             self.model = build_model_fn() if build_model_fn else model_io.build_model_from_config(config)
             if init_weights and resume_from is None:
@@ -257,7 +232,7 @@ class Trainer:
             raise ValueError("Trainer.train needs train_dataset_fn")
         if self.info.kind == "tpu" or self.info.num_local_replicas > 1:
             dataset = self.strategy.distribute_datasets_from_function(
-                lambda context: _dataset_options(self.train_dataset_fn(context))
+                lambda context: dataset_options(self.train_dataset_fn(context))
             )
             return iter(dataset), False
         context = tf.distribute.InputContext(
@@ -265,7 +240,7 @@ class Trainer:
             input_pipeline_id=self.info.worker_index,
             num_replicas_in_sync=self.info.num_replicas,
         )
-        return iter(_dataset_options(self.train_dataset_fn(context))), True
+        return iter(dataset_options(self.train_dataset_fn(context))), True
 
     def _sample_images(self) -> np.ndarray | None:
         """One batch of augmented training images from a separate pipeline (for TensorBoard)."""
@@ -314,7 +289,7 @@ class Trainer:
             if not self._iterator_saved:
                 raise
             logging.warning("Cannot save the input pipeline position (%s); checkpoints will hold the "
-                            "model only and a resumed run restarts the input order", str(error).splitlines()[0])
+                            "model only and a resumed run restarts the input order", first_line(error))
             self._iterator_saved = False
             self._keeper = self._make_keeper(False)
             return self._keeper.save()
@@ -327,7 +302,7 @@ class Trainer:
             if self._iterator_saved and "iterator" in str(error).lower():
                 logging.warning("Checkpoint %s has no input position; the input order restarts", path)
             else:
-                logging.warning("Partial restore from %s: %s", path, str(error).splitlines()[0])
+                logging.warning("Partial restore from %s: %s", path, first_line(error))
         status.expect_partial()
 
     # ------------------------------------------------------------------------------------------
@@ -383,7 +358,7 @@ class Trainer:
         if self._resume_from:
             progress.message(f"Resumed from {self._resume_from} at step {start} of {self.total_steps}")
         if start == 0 and self.info.is_chief:
-            summaries.hparams(_flatten(self.config))
+            summaries.hparams(flatten(self.config))
             if train.image_summary:
                 images = self._sample_images()
                 if images is not None:
@@ -450,7 +425,7 @@ class Trainer:
             summaries.close()
         if start >= self.total_steps:
             logging.info("Already trained to step %d (train_steps=%d); nothing to do", start, self.total_steps)
-        best = tf.train.latest_checkpoint(checkpoints.best_dir(self.model_dir))
+        best = tf.train.latest_checkpoint(self.run.best_dir)
         return TrainResult(step, train_metrics, eval_metrics, self._keeper.latest, best, self._resume_from)
 
     def time_steps(self, num_steps: int, *, warmup_steps: int = 2) -> float:
@@ -470,115 +445,8 @@ class Trainer:
     def _report_eval(self, summaries: Summaries, step: int, metrics: dict[str, float], progress: Progress) -> None:
         summaries.scalars(step, {k: v for k, v in metrics.items() if k != "examples"}, eval=True)
         if self.info.is_chief:
-            write_eval_results(self.model_dir, step, metrics)
+            self.run.write_eval_results(step, metrics)
         progress.message(
             f"Eval at step {step}: top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, "
             f"loss {metrics['loss']:.4f} ({int(metrics['examples'])} images)"
         )
-
-
-def make_eval_batch_fn(strategy: tf.distribute.Strategy, model: keras.Model, num_classes: int) -> Callable:
-    """A tf.function (images, labels) -> summed [loss, top-1 hits, top-5 hits, count] over replicas."""
-    top_k = min(5, int(num_classes))
-
-    def eval_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        logits = tf.cast(model(images, training=False), tf.float32)
-        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-        loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
-        top5 = tf.cast(tf.math.in_top_k(labels, logits, top_k), tf.float32)
-        count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return tf.stack([tf.reduce_sum(loss), tf.reduce_sum(top1), tf.reduce_sum(top5), count])
-
-    @tf.function(reduce_retracing=True)
-    def eval_batch(images: Any, labels: Any) -> tf.Tensor:
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(eval_step, args=(images, labels)), axis=None)
-
-    return eval_batch
-
-
-def evaluate_model(strategy: tf.distribute.Strategy, eval_batch: Callable, eval_dataset_fn: DatasetFn) -> dict[str, float]:
-    """Run `eval_batch` over one pass of the distributed eval data and average the sums."""
-    dataset = strategy.distribute_datasets_from_function(lambda context: _dataset_options(eval_dataset_fn(context)))
-    totals = np.zeros(4, np.float64)
-    for images, labels in dataset:
-        totals += eval_batch(images, labels).numpy()
-    loss, top1, top5, count = totals
-    if count == 0:
-        raise UserError("the evaluation data is empty")
-    return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "examples": float(count)}
-
-
-def write_eval_results(model_dir: str, step: int, metrics: dict[str, float], checkpoint: str | None = None) -> str:
-    """Write model_dir/eval_results.json (latest) and append to eval_history.jsonl."""
-    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-    if checkpoint:
-        record["checkpoint"] = checkpoint
-    path = os.path.join(model_dir, EVAL_RESULTS_FILE)
-    with tf.io.gfile.GFile(path, "w") as handle:
-        json.dump(record, handle, indent=2)
-    history = os.path.join(model_dir, EVAL_HISTORY_FILE)
-    lines = ""
-    if tf.io.gfile.exists(history):
-        with tf.io.gfile.GFile(history) as handle:
-            lines = handle.read()
-    with tf.io.gfile.GFile(history, "w") as handle:
-        handle.write(lines + json.dumps(record) + "\n")
-    return path
-
-
-def evaluate_checkpoints(
-    config: Any,
-    strategy_info: StrategyInfo,
-    model_dir: str,
-    eval_dataset_fn: DatasetFn,
-    *,
-    checkpoint: str | None = None,
-    continuous: bool = False,
-    timeout_seconds: float = 3600.0,
-    poll_seconds: float = 10.0,
-) -> dict[str, float]:
-    """Evaluate a checkpoint's averaged weights (the latest by default), or, `continuous`, every new
-    checkpoint as it appears until training's last step or `timeout_seconds` without a new one.
-
-    Writes eval scalars to TensorBoard (model_dir/logs/eval) and model_dir/eval_results.json;
-    returns the last metrics (with "step").
-    """
-    strategy = strategy_info.strategy
-    check_batch_size(int(config.eval.batch_size or config.train.batch_size), strategy_info, "eval.batch_size")
-    with strategy.scope():
-        model = model_io.build_model_from_config(config)
-    eval_batch = make_eval_batch_fn(strategy, model, int(config.model.num_classes))
-    summaries = Summaries(model_dir, enabled=strategy_info.is_chief, eval_only=True)
-    ema_decay = float(config.train.ema_decay)
-
-    def run_one(path: str) -> dict[str, float]:
-        step = model_io.restore_weights(model, path, ema_decay=ema_decay)
-        metrics = evaluate_model(strategy, eval_batch, eval_dataset_fn)
-        summaries.scalars(step, {k: v for k, v in metrics.items() if k != "examples"}, eval=True)
-        if strategy_info.is_chief:
-            write_eval_results(model_dir, step, metrics, checkpoint=path)
-        logging.info("Eval of %s (step %d): top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images", path, step,
-                     100 * metrics["top1"], 100 * metrics["top5"], metrics["loss"], int(metrics["examples"]))
-        return {**metrics, "step": float(step)}
-
-    try:
-        if not continuous:
-            return run_one(checkpoints.resolve_checkpoint(model_dir, checkpoint))
-        last: dict[str, float] | None = None
-        final_step = int(config.train.train_steps)
-        directory = checkpoints.checkpoint_dir(model_dir)
-        for path in tf.train.checkpoints_iterator(directory, min_interval_secs=poll_seconds, timeout=timeout_seconds):
-            try:
-                last = run_one(path)
-            except (tf.errors.NotFoundError, UserError) as error:
-                # Rolling checkpoints can be deleted between being listed and being read.
-                logging.warning("Skipping %s: %s", path, str(error).splitlines()[0])
-                continue
-            if checkpoints.step_of(path) >= final_step:
-                break
-        if last is None:
-            raise UserError(f"no new checkpoint appeared in {directory} within {timeout_seconds:.0f} s")
-        return last
-    finally:
-        summaries.close()

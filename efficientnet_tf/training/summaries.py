@@ -13,12 +13,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-LOGS_SUBDIR = "logs"
-
-
-def logs_dir(model_dir: str) -> str:
-    """The TensorBoard --logdir of a run."""
-    return os.path.join(model_dir, LOGS_SUBDIR)
+from efficientnet_tf.rundir import RunDir
 
 
 def image_grid(images: np.ndarray | tf.Tensor, max_images: int = 16) -> np.ndarray:
@@ -46,7 +41,7 @@ class Summaries:
 
     def __init__(self, model_dir: str, *, enabled: bool = True, eval_only: bool = False):
         self.enabled = enabled
-        root = logs_dir(model_dir)
+        root = RunDir(model_dir).logs_dir
         self.root = root
         noop = tf.summary.create_noop_writer()
         self.train_writer = self.eval_writer = noop

@@ -13,6 +13,11 @@ def _tf_variable(variable: keras.Variable | tf.Variable) -> tf.Variable:
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
+def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """The batch-norm layers of a flat functional model (EfficientNet has no nested models)."""
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
 def averaged_variables(model: keras.Model) -> list[keras.Variable]:
     """What the reference averages: every trainable weight plus batch-norm moving statistics.
 
@@ -20,8 +25,7 @@ def averaged_variables(model: keras.Model) -> list[keras.Variable]:
     """
     variables = list(model.trainable_variables)
     seen = {id(v) for v in variables}
-    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 - Keras has no public walk
-        if isinstance(layer, keras.layers.BatchNormalization):
+    for layer in batch_norm_layers(model):
             for v in (layer.moving_mean, layer.moving_variance):
                 if id(v) not in seen:
                     seen.add(id(v))

@@ -1,0 +1,261 @@
+"""efficientnet-tf command line: flags -> config -> `efficientnet_tf.app` -> one-line errors.
+
+    python main.py                                   # B0 on the embedded images, a few minutes on a CPU
+    python main.py --model=efficientnet-b2 --dataset=imagenet --data_dir=gs://... --tpu=my-tpu
+    python main.py --mode=eval --model_dir=runs/efficientnet-b0-imagenette_mini
+    python main.py --mode=export --model_dir=...     # SavedModel + TFLite, verified
+    python main.py --mode=predict --model_dir=... --image=cat.jpg
+    python main.py --mode=summary                    # every variant's size and cost
+
+`main.py`, the `efficientnet-tf` console script and `python -m efficientnet_tf` all run this.
+Wrong input ends with one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from absl import app, flags, logging
+
+from efficientnet_tf.errors import first_line
+
+MODES = ("train", "eval", "train_and_eval", "export", "predict", "summary")
+# Kept in step with efficientnet_tf.training.strategy (a test checks); listed here so that flag
+# values are checked before TensorFlow is imported.
+STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker", "one_device", "default")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+EXIT_USER_ERROR = 1
+EXIT_FLAGS_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "Model name: efficientnet-b0 ... b8, -l2, -lite0 ... lite4, -phi<φ>. "
+                    "Default: model.name of the config (efficientnet-b0).")
+flags.DEFINE_alias("model_name", "model")
+flags.DEFINE_enum("mode", "train_and_eval", MODES, "What to do.")
+flags.DEFINE_string("dataset", None, "imagenette_mini (embedded, the default), imagenet, tfds:<name>[:<config>], "
+                    "folder:<path> or synthetic.")
+flags.DEFINE_string("data_dir", None, "Where the dataset lives (ImageNet TFRecords, TFDS data, ...).")
+flags.DEFINE_string("model_dir", None, "Checkpoints, TensorBoard logs and config.yaml of the run. "
+                    "Default: runs/<model>-<dataset>.")
+flags.DEFINE_multi_string("hparams", [], "YAML files and/or dotted overrides such as "
+                          "train.batch_size=256,data.augment=randaugment; repeatable, applied in order.")
+flags.DEFINE_string("tpu", None, "Cloud TPU name, grpc://host:port, or 'local'.")
+flags.DEFINE_enum("strategy", "auto", STRATEGIES, "Distribution strategy; auto picks from --tpu, TF_CONFIG "
+                  "and the GPUs present.")
+flags.DEFINE_integer("num_gpus", None, "Use only this many GPUs (default: all).")
+flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many logical devices and mirror over them "
+                     "(runs multi-replica code without GPUs).")
+flags.DEFINE_integer("train_steps", None, "Stop at exactly this global step (overrides --epochs).")
+flags.DEFINE_float("epochs", None, "Training epochs.")
+flags.DEFINE_integer("batch_size", None, "Global batch size, split across replicas.")
+flags.DEFINE_enum("mixed_precision", None, PRECISIONS, "Precision policy (auto: bfloat16 on TPU, float16 on "
+                  "GPU, float32 on CPU).")
+flags.DEFINE_string("init_weights", None, "Fine-tune from a .keras file, a keras.applications .h5 or a "
+                    "reference TF checkpoint (the head is re-initialised when the class count differs).")
+flags.DEFINE_string("checkpoint", None, "eval / export / predict: checkpoint prefix, 'latest' (default) or 'best'; "
+                    "predict also takes a SavedModel directory, a .tflite or a .keras file.")
+flags.DEFINE_integer("seed", None, "Random seed for weights, input pipeline and dropout.")
+flags.DEFINE_boolean("deterministic", None, "Deterministic ops and input order (slower); with --seed, "
+                     "reruns and resumed runs give the same weights.")
+flags.DEFINE_multi_string("image", [], "predict: an image file to classify (repeatable).")
+flags.DEFINE_string("export_dir", None, "export: where the artifacts go (default: <model_dir>/export).")
+flags.DEFINE_list("export_formats", None, "export: formats to write (default: all the exporter knows).")
+flags.DEFINE_integer("export_calibration_images", 200, "export: training images used to calibrate int8.")
+flags.DEFINE_integer("export_eval_images", 500, "export: held-out images used to verify the artifacts.")
+
+# Dotted config keys set by explicit flags (these win over every --hparams layer).
+FLAG_TO_KEY = {
+    "model": "model.name",
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+    "batch_size": "train.batch_size",
+    "epochs": "train.epochs",
+    "train_steps": "train.train_steps",
+    "seed": "train.seed",
+    "deterministic": "train.deterministic",
+    "mixed_precision": "runtime.mixed_precision",
+}
+
+
+class CommandError(Exception):
+    """A failure to report as one line with a given exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_USER_ERROR):
+        super().__init__(message)
+        self.status = status
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Hide the C++ start-up chatter TensorFlow writes to fd 2 (CUDA probing); replay it on failure."""
+    if FLAGS.is_parsed() and FLAGS.verbosity >= 1:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _start() -> Any:
+    """Import TensorFlow quietly (its native start-up logs bypass Python logging); return the app layer."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _quiet_native_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    from efficientnet_tf import app as application
+
+    return application
+
+
+def _log_progress() -> None:
+    """Inputs are checked: from here on, log progress at INFO (unless --verbosity says otherwise)."""
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.INFO)
+
+
+def _flag_values() -> dict[str, Any]:
+    """Config keys for the flags the user gave explicitly."""
+    return {key: FLAGS[flag].value for flag, key in FLAG_TO_KEY.items() if FLAGS[flag].present}
+
+
+def _hardware(application: Any) -> Any:
+    return application.Hardware(FLAGS.strategy, FLAGS.tpu, FLAGS.num_gpus, FLAGS.cpu_devices)
+
+
+def _model_dir(application: Any) -> str:
+    """--model_dir, or the default run directory of these flags when it exists."""
+    from efficientnet_tf.errors import UserError
+
+    if FLAGS.model_dir:
+        return FLAGS.model_dir
+    guess = application.default_model_dir(application.layered_config(FLAGS.hparams, _flag_values()))
+    if os.path.exists(guess):
+        return guess
+    raise UserError(f"--mode={FLAGS.mode} needs --model_dir (the directory a training run wrote)")
+
+
+def _run_config(application: Any, model_dir: str) -> Any:
+    return application.run_config(model_dir, FLAGS.hparams, model=FLAGS.model, dataset=FLAGS.dataset,
+                                  data_dir=FLAGS.data_dir, eval_batch_size=FLAGS.batch_size)
+
+
+def run_mode(mode: str) -> int:
+    """Run one --mode through the application layer and print its report."""
+    application = _start()
+    if mode in ("train", "train_and_eval"):
+        config = application.layered_config(FLAGS.hparams, _flag_values())
+        outcome = application.train(config, model_dir=FLAGS.model_dir, hardware=_hardware(application),
+                                    evaluate=mode == "train_and_eval", init_weights=FLAGS.init_weights,
+                                    ready=_log_progress)
+        if outcome.is_chief:
+            print(outcome.report())
+    elif mode in ("eval", "export"):
+        model_dir = _model_dir(application)
+        config = _run_config(application, model_dir)
+        if mode == "eval":
+            outcome = application.evaluate(config, model_dir, checkpoint=FLAGS.checkpoint,
+                                           hardware=_hardware(application), ready=_log_progress)
+            if outcome.is_chief:
+                print(outcome.report())
+        else:
+            print(application.export(config, model_dir, checkpoint=FLAGS.checkpoint, export_dir=FLAGS.export_dir,
+                                     formats=FLAGS.export_formats, calibration_images=FLAGS.export_calibration_images,
+                                     eval_images=FLAGS.export_eval_images, ready=_log_progress).summary())
+    elif mode == "predict":
+        # Anything but latest / best names an artifact: a SavedModel directory, a .tflite or a .keras file.
+        artifact = FLAGS.checkpoint if FLAGS.checkpoint and FLAGS.checkpoint not in ("latest", "best") else None
+        path = artifact or _model_dir(application)
+        _log_progress()
+        print(application.predict(path, FLAGS.image, checkpoint=None if artifact else FLAGS.checkpoint).report())
+    else:
+        print(application.summary((FLAGS.model,) if FLAGS.model else None))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """absl entry point: run the mode, turning expected failures into one line and an exit status."""
+    if len(argv) > 1:
+        raise CommandError(f"unexpected argument(s) {' '.join(argv[1:])!r}; options are --flags (see --help)",
+                           EXIT_FLAGS_ERROR)
+    if not FLAGS["verbosity"].present:
+        # Quiet until the inputs are checked, so that a mistake is reported in exactly one line.
+        logging.set_verbosity(logging.WARNING)
+        logging.get_absl_handler().addFilter(_drop_tensorflow_info)
+    try:
+        return run_mode(FLAGS.mode)
+    except KeyboardInterrupt:
+        raise CommandError("interrupted; run the same command again to resume from the last checkpoint",
+                           EXIT_INTERRUPTED) from None
+    except Exception as error:  # noqa: BLE001 - sorted into user-facing lines below
+        raise as_command_error(error) from None
+
+
+def _drop_tensorflow_info(record: Any) -> bool:
+    """Keep TensorFlow's own INFO chatter (e.g. checkpoint sharding timings) out of the run's log."""
+    return record.levelno > 20 or f"{os.sep}tensorflow{os.sep}" not in record.pathname
+
+
+def as_command_error(error: Exception) -> Exception:
+    """Map expected failures to a one-line CommandError; leave real bugs alone (with traceback)."""
+    import tensorflow as tf
+
+    from efficientnet_tf.errors import UserError
+    from efficientnet_tf.training import NonFiniteLossError
+
+    if isinstance(error, CommandError):
+        return error
+    if isinstance(error, NonFiniteLossError):
+        return CommandError(f"training stopped: {first_line(error)}", EXIT_DIVERGED)
+    if isinstance(error, UserError):
+        return CommandError(first_line(error))
+    if isinstance(error, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
+        name = f" {error.filename}" if getattr(error, "filename", None) else ""
+        return CommandError(f"{error.strerror or type(error).__name__}:{name}")
+    if isinstance(error, (tf.errors.NotFoundError, tf.errors.PermissionDeniedError)):
+        return CommandError(first_line(error))
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return CommandError("out of memory: " + first_line(error)[:200] + "; use a smaller --batch_size")
+    return error
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parse flags, reporting a bad flag or value in one line (absl would print two)."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        sys.stderr.write(f"{os.path.basename(argv[0])}: {first_line(error)}\n")
+        sys.exit(EXIT_FLAGS_ERROR)
+
+
+def _main_or_exit(argv: list[str]) -> None:
+    try:
+        status = main(argv)
+    except CommandError as error:
+        sys.stderr.write(f"error: {error}\n")
+        sys.stderr.flush()
+        sys.exit(error.status)
+    sys.exit(status)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app.run(_main_or_exit, flags_parser=parse_flags)

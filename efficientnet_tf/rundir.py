@@ -1,0 +1,233 @@
+"""A run directory (`--model_dir`): every file name in it, and the one reader and writer of each file.
+
+    run = RunDir("runs/efficientnet-b0-imagenette_mini")
+    run.write_config(config); config = run.read_config()       # config.yaml (strict, today's keys)
+    run.write_labels(names);  names = run.read_labels()         # labels.txt, one class per line
+    run.checkpoint("latest" | "best" | prefix | directory)      # a checkpoint prefix, or a UserError
+
+Layout:
+    config.yaml            the resolved configuration of the run
+    labels.txt             class names in label order
+    checkpoints/ckpt-N.*   rolling checkpoints (the last train.keep_checkpoints)
+    checkpoints/best/      the best checkpoint by eval top-1, with best.json
+    logs/train, logs/eval  TensorBoard event files
+    eval_results.json      the latest evaluation; eval_history.jsonl: every evaluation
+    export/                artifacts of --mode=export (default export directory)
+Paths may be local or on any filesystem TensorFlow reads (gs://...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+
+from efficientnet_tf.errors import UserError
+
+CONFIG_FILE = "config.yaml"
+LABELS_FILE = "labels.txt"
+CHECKPOINTS_SUBDIR = "checkpoints"
+BEST_SUBDIR = "best"
+BEST_RECORD = "best.json"
+LOGS_SUBDIR = "logs"
+EVAL_RESULTS_FILE = "eval_results.json"
+EVAL_HISTORY_FILE = "eval_history.jsonl"
+EXPORT_SUBDIR = "export"
+
+
+def write_labels_file(path: str, class_names: Sequence[str]) -> str:
+    """Write class names one per line (line i is class i); the one writer of every labels.txt."""
+    with tf.io.gfile.GFile(path, "w") as handle:
+        handle.write("".join(f"{name}\n" for name in class_names))
+    return path
+
+
+def read_labels_file(path: str) -> list[str] | None:
+    """Class names from a labels.txt (trailing blank lines ignored), or None when there is none."""
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path, "r") as handle:
+        lines = [line.rstrip("\r") for line in handle.read().split("\n")]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def step_of(path: str) -> int:
+    """The step number in a checkpoint prefix such as .../ckpt-1200 (-1 when it has none)."""
+    try:
+        return int(os.path.basename(path).rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+class RunDir:
+    """The files of one training run."""
+
+    def __init__(self, path: str):
+        self.path = str(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.path!r})"
+
+    def _join(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    @property
+    def config_path(self) -> str:
+        """config.yaml: the resolved configuration."""
+        return self._join(CONFIG_FILE)
+
+    @property
+    def labels_path(self) -> str:
+        """labels.txt: class names in label order."""
+        return self._join(LABELS_FILE)
+
+    @property
+    def checkpoints_dir(self) -> str:
+        """Where the rolling checkpoints live."""
+        return self._join(CHECKPOINTS_SUBDIR)
+
+    @property
+    def best_dir(self) -> str:
+        """Where the best-by-top-1 checkpoint lives."""
+        return self._join(CHECKPOINTS_SUBDIR, BEST_SUBDIR)
+
+    @property
+    def best_record_path(self) -> str:
+        """best.json: step and metrics of the best checkpoint."""
+        return os.path.join(self.best_dir, BEST_RECORD)
+
+    @property
+    def logs_dir(self) -> str:
+        """The TensorBoard --logdir of the run."""
+        return self._join(LOGS_SUBDIR)
+
+    @property
+    def eval_results_path(self) -> str:
+        """eval_results.json: the latest evaluation."""
+        return self._join(EVAL_RESULTS_FILE)
+
+    @property
+    def eval_history_path(self) -> str:
+        """eval_history.jsonl: one JSON line per evaluation."""
+        return self._join(EVAL_HISTORY_FILE)
+
+    @property
+    def export_dir(self) -> str:
+        """The default directory of exported artifacts."""
+        return self._join(EXPORT_SUBDIR)
+
+    def exists(self) -> bool:
+        """Whether the directory exists."""
+        return tf.io.gfile.isdir(self.path)
+
+    def has_config(self) -> bool:
+        """Whether a training run has written its config here."""
+        return tf.io.gfile.exists(self.config_path)
+
+    # -- config.yaml ------------------------------------------------------------------------------
+
+    def write_config(self, config: Any) -> str:
+        """Write the resolved config atomically (temporary file, then rename)."""
+        from efficientnet_tf.hparams import to_yaml
+
+        tmp = self.config_path + ".tmp"
+        with tf.io.gfile.GFile(tmp, "w") as handle:
+            handle.write("# Resolved configuration of this run; eval, export and predict read it back.\n")
+            handle.write(to_yaml(config))
+        tf.io.gfile.rename(tmp, self.config_path, overwrite=True)
+        return self.config_path
+
+    def read_config(self) -> Any:
+        """The run's config, checked key by key against today's defaults (an unknown key is a UserError)."""
+        from efficientnet_tf.hparams import load_config_file
+
+        if not self.has_config():
+            raise UserError(f"no {CONFIG_FILE} in {self.path}; is it the --model_dir of a training run?")
+        return load_config_file(self.config_path)
+
+    # -- labels.txt -------------------------------------------------------------------------------
+
+    def write_labels(self, class_names: Sequence[str]) -> str:
+        """Write labels.txt."""
+        return write_labels_file(self.labels_path, class_names)
+
+    def read_labels(self) -> list[str] | None:
+        """The run's class names, or None when it has none."""
+        return read_labels_file(self.labels_path)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest rolling checkpoint prefix, or None."""
+        return tf.train.latest_checkpoint(self.checkpoints_dir)
+
+    def checkpoint(self, which: str | None = None) -> str:
+        """A checkpoint prefix: `latest` (default), `best`, a prefix or a directory; a UserError if none."""
+        if which in (None, "", "latest"):
+            path = self.latest_checkpoint()
+            if path is None:
+                raise UserError(f"no checkpoint in {self.checkpoints_dir}; train into this --model_dir first")
+            return path
+        if which == "best":
+            path = tf.train.latest_checkpoint(self.best_dir)
+            if path is None:
+                raise UserError(f"no best checkpoint in {self.best_dir}; it is written by train_and_eval")
+            return path
+        if tf.io.gfile.isdir(which):
+            path = tf.train.latest_checkpoint(which)
+            if path is None:
+                raise UserError(f"no checkpoint in directory {which}")
+            return path
+        if not tf.io.gfile.exists(which + ".index"):
+            raise UserError(f"checkpoint {which} does not exist (no {os.path.basename(which)}.index)")
+        return which
+
+    def write_best_record(self, step: int, checkpoint: str, metrics: dict[str, float]) -> str:
+        """Record which checkpoint is the best and its metrics."""
+        record = {"step": int(step), "checkpoint": os.path.basename(checkpoint)}
+        record.update({k: float(v) for k, v in metrics.items()})
+        with tf.io.gfile.GFile(self.best_record_path, "w") as handle:
+            json.dump(record, handle, indent=2)
+        return self.best_record_path
+
+    # -- evaluation results -----------------------------------------------------------------------
+
+    def write_eval_results(self, step: int, metrics: dict[str, float], checkpoint: str | None = None) -> str:
+        """Write eval_results.json (the latest) and append the same record to eval_history.jsonl."""
+        record: dict[str, Any] = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        if checkpoint:
+            record["checkpoint"] = checkpoint
+        with tf.io.gfile.GFile(self.eval_results_path, "w") as handle:
+            json.dump(record, handle, indent=2)
+        history = self.read_eval_history()
+        with tf.io.gfile.GFile(self.eval_history_path, "w") as handle:
+            handle.write("".join(json.dumps(r) + "\n" for r in [*history, record]))
+        return self.eval_results_path
+
+    def read_eval_history(self) -> list[dict[str, Any]]:
+        """Every evaluation recorded so far, oldest first."""
+        if not tf.io.gfile.exists(self.eval_history_path):
+            return []
+        with tf.io.gfile.GFile(self.eval_history_path) as handle:
+            return [json.loads(line) for line in handle.read().splitlines() if line.strip()]
+
+    # -- writability ------------------------------------------------------------------------------
+
+    def ensure_writable(self, what: str = "--model_dir") -> None:
+        """Create the directory if needed and prove it writable, or raise a one-line UserError."""
+        from efficientnet_tf.errors import first_line
+
+        try:
+            tf.io.gfile.makedirs(self.path)
+            probe = self._join(f".write-test-{os.getpid()}")
+            with tf.io.gfile.GFile(probe, "w") as handle:
+                handle.write("ok")
+            tf.io.gfile.remove(probe)
+        except (OSError, tf.errors.OpError) as error:
+            reason = getattr(error, "strerror", None) or first_line(error)
+            raise UserError(f"cannot write to {what} {self.path}: {reason}; choose a writable directory") from None
