@@ -257,5 +257,9 @@ def _main_or_exit(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Entry point of main.py, `python -m efficientnet_tf` and the console script."""
+    # absl's --help lists the flags of the program's main module (main.py, the console script):
+    # make this module's flags theirs.
+    for flag in FLAGS.flags_by_module_dict().get(__name__, []):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(_main_or_exit, flags_parser=parse_flags)

@@ -144,3 +144,10 @@ def test_summary_of_one_compound_scaled_model() -> None:
     name, res, width, depth = rows[0][:4]
     assert (name, res, width, depth) == ("efficientnet-phi1.5", "280", "1.15", "1.31")
     _assert_one_line_error(_main("--mode=summary", "--model=efficientnet-b9"), "unknown model 'efficientnet-b9'")
+
+
+def test_help_lists_every_flag() -> None:
+    """--help shows the command's flags although they are defined in efficientnet_tf/cli.py."""
+    proc = _main("--help")
+    for flag in ("--mode", "--model", "--dataset", "--hparams", "--model_dir", "--init_weights", "--checkpoint"):
+        assert flag in proc.stdout, (flag, proc.stdout[-2000:])
