@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from efficientnet_tf.data import preprocessing
 from efficientnet_tf.errors import UserError, first_line
-from efficientnet_tf.rundir import LABELS_FILE, read_labels_file, write_labels_file
+from efficientnet_tf.rundir import LABELS_FILE, read_labels_file, write_labels_file  # noqa: F401 - the one labels.txt reader/writer, used by the exporters as common.*
 
 SAVED_MODEL = "saved_model"
 TFLITE_FORMATS = ("tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8")

@@ -19,7 +19,6 @@ from efficientnet_tf import export
 from efficientnet_tf import build_model
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.export import common
-from efficientnet_tf import model_io
 
 import pipeline_defaults as defaults
 
