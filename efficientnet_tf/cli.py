@@ -6,6 +6,7 @@
     python main.py --mode=export --model_dir=...     # SavedModel + TFLite, verified
     python main.py --mode=predict --model_dir=... --image=cat.jpg
     python main.py --mode=summary                    # every variant's size and cost
+    python main.py --mode=scaling_study --study=smoke  # the compound-scaling study (presets: smoke, cpu, gpu)
 
 `main.py`, the `efficientnet-tf` console script and `python -m efficientnet_tf` all run this.
 Wrong input ends with one line on stderr and a non-zero exit status.
@@ -24,7 +25,7 @@ from absl import app, flags, logging
 
 from efficientnet_tf.errors import first_line
 
-MODES = ("train", "eval", "train_and_eval", "export", "predict", "summary")
+MODES = ("train", "eval", "train_and_eval", "export", "predict", "summary", "scaling_study")
 # Kept in step with efficientnet_tf.training.strategy (a test checks); listed here so that flag
 # values are checked before TensorFlow is imported.
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker", "one_device", "default")
@@ -69,6 +70,9 @@ flags.DEFINE_string("export_dir", None, "export: where the artifacts go (default
 flags.DEFINE_list("export_formats", None, "export: formats to write (default: all the exporter knows).")
 flags.DEFINE_integer("export_calibration_images", 200, "export: training images used to calibrate int8.")
 flags.DEFINE_integer("export_eval_images", 500, "export: held-out images used to verify the artifacts.")
+flags.DEFINE_string("study", None, "scaling_study: a preset in hparams/studies (smoke, cpu, gpu) or a study YAML "
+                    "file. --data_dir, --dataset and --hparams apply to every arm; --model_dir defaults to "
+                    "runs/scaling-<study name>.")
 
 # Dotted config keys set by explicit flags (these win over every --hparams layer).
 FLAG_TO_KEY = {
@@ -158,8 +162,35 @@ def _run_config(application: Any, model_dir: str) -> Any:
                                   data_dir=FLAGS.data_dir, eval_batch_size=FLAGS.batch_size)
 
 
+def _run_study() -> int:
+    """--mode=scaling_study: read and check the spec before TensorFlow starts, then run every arm."""
+    from efficientnet_tf import study
+    from efficientnet_tf.errors import UserError
+
+    if not FLAGS.study:
+        raise UserError(f"--mode=scaling_study needs --study=<preset or file.yaml> "
+                        f"(presets: {', '.join(study.presets())})")
+    unused = [flag for flag in FLAG_TO_KEY if FLAGS[flag].present and flag not in ("dataset", "data_dir")]
+    if unused:
+        key = FLAG_TO_KEY[unused[0]]
+        where = ("in the study spec (epochs:, steps:, batch_size:, seeds:, baseline:)"
+                 if key in study.CONTROLLED_KEYS else f"with --hparams={key}=...")
+        raise UserError(f"--{unused[0]} is not used by --mode=scaling_study; set it {where}")
+    spec = study.load_spec(FLAGS.study, data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, hparams=FLAGS.hparams)
+    spec.data_settings()  # a folder study without --data_dir fails here, before TensorFlow starts
+    application = _start()
+    outcome = study.run_study(spec, model_dir=FLAGS.model_dir or study.default_model_dir(spec),
+                              hardware=_hardware(application), ready=_log_progress)
+    print(outcome.report())
+    return 0
+
+
 def run_mode(mode: str) -> int:
     """Run one --mode through the application layer and print its report."""
+    if FLAGS.study and mode != "scaling_study":
+        raise CommandError("--study is used only by --mode=scaling_study", EXIT_FLAGS_ERROR)
+    if mode == "scaling_study":
+        return _run_study()
     application = _start()
     if mode in ("train", "train_and_eval"):
         config = application.layered_config(FLAGS.hparams, _flag_values())
@@ -216,17 +247,19 @@ def _drop_tensorflow_info(record: Any) -> bool:
 
 def as_command_error(error: Exception) -> Exception:
     """Map expected failures to a one-line CommandError; leave real bugs alone (with traceback)."""
-    import tensorflow as tf
-
     from efficientnet_tf.errors import UserError
-    from efficientnet_tf.training import NonFiniteLossError
 
     if isinstance(error, CommandError):
         return error
-    if isinstance(error, NonFiniteLossError):
-        return CommandError(f"training stopped: {first_line(error)}", EXIT_DIVERGED)
     if isinstance(error, UserError):
         return CommandError(first_line(error))
+    # Only now: a spec error of --mode=scaling_study arrives before TensorFlow was (quietly) imported.
+    import tensorflow as tf
+
+    from efficientnet_tf.training import NonFiniteLossError
+
+    if isinstance(error, NonFiniteLossError):
+        return CommandError(f"training stopped: {first_line(error)}", EXIT_DIVERGED)
     if isinstance(error, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
         name = f" {error.filename}" if getattr(error, "filename", None) else ""
         return CommandError(f"{error.strerror or type(error).__name__}:{name}")
