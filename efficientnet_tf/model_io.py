@@ -35,6 +35,8 @@ def build_model_from_config(config: Any, *, classifier_activation: str | None = 
         kwargs["width_coefficient"] = float(model.width_coefficient)
     if model.depth_coefficient is not None:
         kwargs["depth_coefficient"] = float(model.depth_coefficient)
+    if model.get("normalization") is not None:
+        kwargs["normalization"] = str(model.normalization)
     built = build_model(model.name, **kwargs)
     if model.batch_norm_momentum is not None:
         for layer in batch_norm_layers(built):

@@ -28,6 +28,7 @@ import tensorflow as tf
 from efficientnet_tf.errors import UserError
 
 CONFIG_FILE = "config.yaml"
+IMPORT_REPORT_FILE = "import_report.json"  # what --init_weights loaded, skipped, re-initialised
 LABELS_FILE = "labels.txt"
 CHECKPOINTS_SUBDIR = "checkpoints"
 BEST_SUBDIR = "best"
@@ -87,6 +88,11 @@ class RunDir:
         return self._join(LABELS_FILE)
 
     @property
+    def import_report_path(self) -> str:
+        """import_report.json: what --init_weights loaded, skipped and re-initialised."""
+        return self._join(IMPORT_REPORT_FILE)
+
+    @property
     def checkpoints_dir(self) -> str:
         """Where the rolling checkpoints live."""
         return self._join(CHECKPOINTS_SUBDIR)
@@ -130,6 +136,14 @@ class RunDir:
         return tf.io.gfile.exists(self.config_path)
 
     # -- config.yaml ------------------------------------------------------------------------------
+
+    def write_text(self, name: str, text: str) -> str:
+        """Write a small text file (e.g. import_report.json) into the run directory; returns its path."""
+        tf.io.gfile.makedirs(self.path)
+        path = self._join(name)
+        with tf.io.gfile.GFile(path, "w") as handle:
+            handle.write(text)
+        return path
 
     def write_config(self, config: Any) -> str:
         """Write the resolved config atomically (temporary file, then rename)."""

@@ -17,6 +17,31 @@ SE_RATIO = 0.25
 DEFAULT_DROP_CONNECT_RATE = 0.2
 
 
+# Input normalisations, name -> (per-channel mean, per-channel std) on the 0-255 scale; the model
+# computes (x - mean) / std in its `normalization` layer. "imagenet": the ImageNet statistics of the
+# reference and keras.applications models; "advprop": [-1, 1] (x * 2 / 255 - 1), which the
+# reference AdvProp checkpoints expect; "lite": the reference EfficientNet-Lite builder's 127 / 128.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    "advprop": ((127.5,) * 3, (127.5,) * 3),
+    "lite": ((127.0,) * 3, (128.0,) * 3),
+}
+
+
+def normalization_name(name: str) -> str:
+    """The `NORMALIZATIONS` key of a normalisation name (case-insensitive); a one-line UserError
+    names the valid ones."""
+    key = str(name).strip().lower()
+    if key not in NORMALIZATIONS:
+        raise UserError(f"unknown normalization {name!r}; valid: {', '.join(NORMALIZATIONS)}")
+    return key
+
+
+def normalization_values(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on the 0-255 scale of a named input normalisation."""
+    return NORMALIZATIONS[normalization_name(name)]
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
     """One stage of the baseline network: `num_repeat` MBConv blocks of the same shape."""
@@ -72,11 +97,14 @@ class Variant:
         return 0.0 if self.lite else SE_RATIO
 
     @property
+    def normalization(self) -> str:
+        """Name of the default input normalisation in `NORMALIZATIONS`: "lite" for lite, else "imagenet"."""
+        return "lite" if self.lite else "imagenet"
+
+    @property
     def norm_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and std of the input normalisation, on the 0-255 scale."""
-        if self.lite:
-            return (127.0,) * 3, (128.0,) * 3
-        return (0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)
+        """Per-channel mean and std of the default input normalisation, on the 0-255 scale."""
+        return NORMALIZATIONS[self.normalization]
 
     def config_layer(self) -> dict[str, dict[str, object]]:
         """The per-variant training overrides as a nested config layer ({} when there are none)."""

@@ -163,20 +163,27 @@ class Baseline:
     depth: float = 1.0
     resolution: int = 224
     lite: bool = False
+    # The grid of image sizes scaled and FLOPs-matched resolutions snap to. 8 px (the usual multiple)
+    # suits 200+ px baselines; a small proxy (64 px) needs a finer one, or a single step moves its
+    # MAdds by 25 % and no arm can be matched within ±5 %.
+    resolution_step: int = RESOLUTION_STEP
 
     def __post_init__(self) -> None:
         if not self.blocks:
             raise UserError("a baseline needs at least one stage of blocks")
         if not (self.width > 0 and self.depth > 0):
             raise UserError(f"baseline width and depth must be > 0, got {self.width} and {self.depth}")
-        if self.resolution < RESOLUTION_STEP or self.resolution % RESOLUTION_STEP:
-            raise UserError(f"baseline resolution must be a positive multiple of {RESOLUTION_STEP} px, "
-                            f"got {self.resolution}")
+        if not 1 <= self.resolution_step <= 64:
+            raise UserError(f"baseline resolution_step must be 1 to 64 px, got {self.resolution_step}")
+        if self.resolution < self.resolution_step or self.resolution % self.resolution_step:
+            raise UserError(f"baseline resolution must be a positive multiple of {self.resolution_step} px "
+                            f"(resolution_step), got {self.resolution}")
 
     @classmethod
-    def b0(cls, resolution: int = 224, width: float = 1.0, depth: float = 1.0) -> Baseline:
+    def b0(cls, resolution: int = 224, width: float = 1.0, depth: float = 1.0,
+           resolution_step: int = RESOLUTION_STEP) -> Baseline:
         """EfficientNet-B0's stages at the given resolution and coefficients."""
-        return cls(width=width, depth=depth, resolution=resolution)
+        return cls(width=width, depth=depth, resolution=resolution, resolution_step=resolution_step)
 
     @property
     def model_name(self) -> str:
@@ -184,8 +191,8 @@ class Baseline:
         return "efficientnet-lite0" if self.lite else "efficientnet-b0"
 
     def scaled_resolution(self, r: float) -> int:
-        """The image size for resolution multiplier r, on the 8-px grid."""
-        return round_resolution(self.resolution * r)
+        """The image size for resolution multiplier r, on the baseline's grid (8 px unless it says otherwise)."""
+        return round_resolution(self.resolution * r, self.resolution_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,7 +344,7 @@ class FlopsMatch:
 def match_flops(candidates: Sequence[Candidate], baseline: Baseline, num_classes: int, *,
                 reference: str | None = None, target_madds: int | None = None,
                 tolerance: float = FLOPS_TOLERANCE, max_steps: int = 64) -> FlopsMatch:
-    """Move each arm's resolution in 8-px steps until its MAdds are within ±tolerance of the reference arm's
+    """Move each arm's resolution in steps of the baseline's resolution_step (8 px by default) until its MAdds are within ±tolerance of the reference arm's
     (named by rule) or of `target_madds`; arms that cannot get there keep their closest size and are reported.
 
     Moved arms keep their rule's (d, w, r) and record the old size in `matched_from`; their measured
@@ -378,9 +385,9 @@ def _match_one(cand: Candidate, baseline: Baseline, num_classes: int, target: in
 
     best_res, best_gap = cand.resolution, gap(cand.madds)
     res, madds = cand.resolution, cand.madds
-    step = RESOLUTION_STEP if madds < target else -RESOLUTION_STEP
+    step = baseline.resolution_step if madds < target else -baseline.resolution_step
     for _ in range(max_steps):
-        if abs(gap(madds)) <= tolerance or res + step < RESOLUTION_STEP:
+        if abs(gap(madds)) <= tolerance or res + step < baseline.resolution_step:
             break
         res += step
         below_before = madds < target

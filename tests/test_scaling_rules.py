@@ -78,6 +78,8 @@ BAD_INPUTS = [
     lambda: sr.rule_from_dict({"kind": "sideways"}),
     lambda: sr.rule_from_dict({"kind": "depth", "alpha": 2}),
     lambda: sr.Baseline(resolution=100),
+    lambda: sr.Baseline(resolution=81, resolution_step=2),
+    lambda: sr.Baseline(resolution=80, resolution_step=0),
     lambda: sr.build_candidate(BASE, sr.depth_only(), 0.9, CLASSES),
 ]
 
@@ -175,6 +177,21 @@ def test_matcher_brings_arms_within_tolerance_or_reports_them(at_four: list[sr.C
             assert cand.resolution % 8 == 0 and cand.resolution != cand.matched_from
     assert sum(c.matched_from is not None for c in match.candidates) >= 1
     assert "compound" not in unmatched
+
+
+def test_a_finer_resolution_grid_matches_a_small_proxy() -> None:
+    """At an 80 px baseline one 8 px step moves MAdds by ~20 %; a 2 px grid brings the arms the cpu preset
+    compares within ±5 % where 8 px leaves them out (and every size is on the grid)."""
+    rules = [sr.depth_only(), sr.width_only(), sr.paper_compound(), sr.width_share()]
+    gaps = {}
+    for step in (8, 2):
+        base = sr.Baseline.b0(resolution=80, width=0.5, depth=0.5, resolution_step=step)
+        target = 2 * sr.count_network(base, 0.5, 0.5, 80, CLASSES).madds
+        match = sr.match_flops([sr.build_candidate(base, r, 2, CLASSES) for r in rules], base, CLASSES,
+                               target_madds=target)
+        assert all(c.resolution % step == 0 for c in match.candidates)
+        gaps[step] = len(match.unmatched)
+    assert gaps[2] == 0 and gaps[8] > 0, gaps
 
 
 def test_matcher_reports_arms_it_cannot_reach(at_four: list[sr.Candidate]) -> None:

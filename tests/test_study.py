@@ -79,6 +79,8 @@ IMPOSSIBLE = [
     ({"search": {"step": 0.3}}, "must divide 1"),
     ({"hparams": ["train.seed=3"], "curves": {}}, "set by the study"),
     ({"baseline": {"resolution": 30}, "curves": {}}, "multiple of 8"),
+    ({"baseline": {"resolution": 81, "resolution_step": 2}, "curves": {}}, "multiple of 2"),
+    ({"baseline": {"resolution": 80, "resolution_step": 0}, "curves": {}}, "resolution_step"),
     ({"budget_minutes": 0, "curves": {}}, "budget_minutes"),
 ]
 

@@ -19,6 +19,7 @@ import efficientnet_tf as et
 from efficientnet_tf import scaling
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.torch_weights import load_torch_weights, read_tensors
+from efficientnet_tf.data.make_embedded import IMAGENET_INDEX
 
 TINY = dict(width_coefficient=0.25, depth_coefficient=0.25, resolution=32, classes=10)
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -310,8 +311,7 @@ def test_not_a_torch_file(tmp_path):
 
 # --- the real EfficientNet-Lite0 weights on real photos --------------------------------------------
 
-IMAGENETTE = {"n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
-              "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888257": 701}
+IMAGENETTE = IMAGENET_INDEX
 PER_CLASS = 100
 
 

@@ -21,8 +21,8 @@ from efficientnet_tf import model_io
 from efficientnet_tf.ema import ExponentialMovingAverage, averaged_variables, batch_norm_layers
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.hparams import flatten
-from efficientnet_tf.rundir import RunDir
-from efficientnet_tf.training import checkpoints, schedules
+from efficientnet_tf.rundir import IMPORT_REPORT_FILE, RunDir
+from efficientnet_tf.training import checkpoints, finetune, schedules
 from efficientnet_tf.training.evaluation import DatasetFn, dataset_options, evaluate_model, make_eval_batch_fn
 from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size, use_xla
 from efficientnet_tf.training.summaries import Progress, Summaries
@@ -111,13 +111,12 @@ class Trainer:
         resume_from = self.run.latest_checkpoint()
         with self.strategy.scope():
             self.model = build_model_fn() if build_model_fn else model_io.build_model_from_config(config)
+            self.finetune = finetune.FineTuneSchedule.from_config(config, self.steps_per_epoch)
             if init_weights and resume_from is None:
-                from efficientnet_tf.weights import load_pretrained
-
-                report = load_pretrained(self.model, init_weights)
-                logging.info("Initial weights from %s: %s", init_weights, report)
+                self._import_weights(init_weights)
             self.schedule = schedules.build_schedule(train, self.steps_per_epoch, self.total_steps)
             self.optimizer = schedules.build_optimizer(train, self.schedule, loss_scaling=policy == "mixed_float16")
+            # Built for every parameter, before any freezing: unfrozen layers then have their slots.
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                     aggregation=tf.VariableAggregation.NONE)
@@ -141,7 +140,56 @@ class Trainer:
         self._train_iterator = None
         self._iterator_saved = False
         self._keeper: checkpoints.CheckpointKeeper | None = None
+        self._units = finetune.units_top_down(self.model) if self.finetune.active else []
+        self._parameters = finetune.count_weights(self.model.trainable_variables)  # before any freezing
+        self._phase: finetune.Phase | None = None
         self._build_functions()
+
+    def _import_weights(self, init_weights: str) -> None:
+        """Load --init_weights, re-initialise the head when asked, and save the import report in the run."""
+        import json
+
+        from efficientnet_tf.weights import HEAD_LAYER, load_pretrained
+
+        head = None
+        if self.finetune.new_head:
+            head = [w.copy() for w in self.model.get_layer(HEAD_LAYER).get_weights()]
+        # The run's config decides the input normalisation (app.train sets it from a weights name).
+        report = load_pretrained(self.model, init_weights,
+                                 keep_normalization=self.config.model.get("normalization") is not None)
+        if head is not None and HEAD_LAYER in report.loaded:
+            self.model.get_layer(HEAD_LAYER).set_weights(head)
+            report.loaded.remove(HEAD_LAYER)
+            report.skipped[HEAD_LAYER] = "re-initialised (finetune.new_head)"
+        text = report.format() if hasattr(report, "format") else (
+            f"{len(report.loaded)} layers loaded; not loaded: "
+            + (", ".join(f"{k} ({v})" for k, v in report.skipped.items()) or "none"))
+        logging.info("Initial weights from %s: %s", init_weights, text)
+        if self.info.is_chief:
+            data = report.to_dict() if hasattr(report, "to_dict") else dataclasses.asdict(report)
+            data = {"source": str(init_weights), **data}
+            self.run.write_text(IMPORT_REPORT_FILE, json.dumps(data, indent=2, default=str) + "\n")
+
+    def _set_phase(self, step: int, summaries: Summaries | None = None, progress: Progress | None = None) -> bool:
+        """Freeze / unfreeze for the phase of `step`; True (and functions rebuilt) when it changed."""
+        if not self.finetune.active:
+            return False
+        unfrozen = self.finetune.unfrozen_at(step, len(self._units))
+        if self._phase is not None and self._phase.unfrozen == unfrozen:
+            return False
+        self._phase = finetune.apply_phase(self.model, self.finetune, unfrozen, self._parameters)
+        self._decayed = _decayed_variables(self.model)
+        self._build_functions()
+        message = f"Fine-tuning from step {step}: {self._phase.describe(len(self._units))}"
+        if progress is not None:
+            progress.message(message)
+        else:
+            logging.info("%s", message)
+        if summaries is not None:
+            summaries.scalars(step, {"finetune/unfrozen_units": float(unfrozen),
+                                     "finetune/trainable_weights": float(self._phase.trainable_weights)})
+            summaries.text(step, "finetune", message)
+        return True
 
     # ------------------------------------------------------------------------------------------
     # Compiled functions
@@ -335,6 +383,10 @@ class Trainer:
         ]
         if self.profile:
             stops.extend(s for s in self.profile if s > step)
+        if self.finetune.active:
+            change = self.finetune.next_change(step, len(self._units), self.total_steps)
+            if change is not None:
+                stops.append(change)
         return min(stops)
 
     def train(self, *, eval_every_epochs: int | None = None) -> TrainResult:
@@ -357,6 +409,7 @@ class Trainer:
                             enabled=self.info.is_chief)
         if self._resume_from:
             progress.message(f"Resumed from {self._resume_from} at step {start} of {self.total_steps}")
+        self._set_phase(start, summaries, progress)
         if start == 0 and self.info.is_chief:
             summaries.hparams(flatten(self.config))
             if train.image_summary:
@@ -365,13 +418,16 @@ class Trainer:
                     summaries.images(0, "augmented_images", images)
 
         step = start
+        max_seconds = float(train.max_seconds) if train.get("max_seconds") is not None else None
+        began_training = time.monotonic()
+        out_of_time = False
         last_checkpoint = self._resume_from
         eval_metrics: dict[str, float] | None = None
         window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
         train_metrics: dict[str, float] = {}
         first_call = True
         try:
-            while step < self.total_steps:
+            while step < self.total_steps and not out_of_time:
                 stop = self._next_stop(step)
                 if self.profile and step == self.profile[0]:
                     summaries.start_profiler()
@@ -395,7 +451,8 @@ class Trainer:
                 if not first_call:  # the first call includes tracing and compilation
                     window["steps"] += steps_done
                     window["seconds"] += seconds
-                first_call = False
+                # A new fine-tuning phase traces a new step function: its first call is not timed either.
+                first_call = step < self.total_steps and self._set_phase(step, summaries, progress)
                 train_metrics = {
                     "loss": window["loss"] / max(window["count"], 1.0),
                     "top1": window["correct"] / max(window["count"], 1.0),
@@ -410,11 +467,17 @@ class Trainer:
                     summaries.scalars(step, train_metrics)
                     window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
                 epoch_end = step % self.steps_per_epoch == 0
-                finished = step == self.total_steps
+                out_of_time = max_seconds is not None and time.monotonic() - began_training >= max_seconds
+                if out_of_time and step < self.total_steps:
+                    progress.message(f"train.max_seconds={max_seconds:g} reached at step {step} of "
+                                     f"{self.total_steps}: stopping here (rerun with a larger budget to go on)")
+                finished = step == self.total_steps or out_of_time
                 if eval_every_epochs and self.eval_dataset_fn is not None and (
                     finished or (epoch_end and round(epoch) % int(eval_every_epochs) == 0)
                 ):
                     eval_metrics = self.evaluate()
+                    # Wall time of this invocation so far (training + evals): time-to-accuracy curves.
+                    eval_metrics["wall_seconds"] = time.monotonic() - began_training
                     self._report_eval(summaries, step, eval_metrics, progress)
                     if self._keeper.maybe_save_best(eval_metrics):
                         progress.message(f"New best top-1 {100 * eval_metrics['top1']:.2f}% at step {step}")

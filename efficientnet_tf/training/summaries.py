@@ -61,6 +61,14 @@ class Summaries:
                 tf.summary.scalar(name, float(value))
         writer.flush()
 
+    def text(self, step: int, name: str, text: str) -> None:
+        """Write a text summary (TensorBoard's Text tab)."""
+        if not self.enabled:
+            return
+        with self.train_writer.as_default(step=step):
+            tf.summary.text(name, text)
+        self.train_writer.flush()
+
     def images(self, step: int, name: str, images: np.ndarray | tf.Tensor) -> None:
         """Write a grid of 0..255 images."""
         if not self.enabled:
