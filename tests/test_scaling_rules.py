@@ -179,19 +179,21 @@ def test_matcher_brings_arms_within_tolerance_or_reports_them(at_four: list[sr.C
     assert "compound" not in unmatched
 
 
-def test_a_finer_resolution_grid_matches_a_small_proxy() -> None:
-    """At an 80 px baseline one 8 px step moves MAdds by ~20 %; a 2 px grid brings the arms the cpu preset
-    compares within ±5 % where 8 px leaves them out (and every size is on the grid)."""
-    rules = [sr.depth_only(), sr.width_only(), sr.paper_compound(), sr.width_share()]
-    gaps = {}
-    for step in (8, 2):
+def test_the_matcher_moves_resolution_on_the_baselines_grid() -> None:
+    """A baseline's resolution_step sets the grid: every matched size lies on it, and an arm the grid cannot
+    bring within ±5 % (at 80 px a resolution step moves MAdds in jumps, feature maps being ceil(r / 2^k)) is
+    reported with its gap rather than silently kept."""
+    rules = [sr.depth_only(), sr.width_only(), sr.resolution_only(), sr.paper_compound(), sr.width_share()]
+    for step in (8, 4):
         base = sr.Baseline.b0(resolution=80, width=0.5, depth=0.5, resolution_step=step)
         target = 2 * sr.count_network(base, 0.5, 0.5, 80, CLASSES).madds
         match = sr.match_flops([sr.build_candidate(base, r, 2, CLASSES) for r in rules], base, CLASSES,
                                target_madds=target)
         assert all(c.resolution % step == 0 for c in match.candidates)
-        gaps[step] = len(match.unmatched)
-    assert gaps[2] == 0 and gaps[8] > 0, gaps
+        unmatched = {u.rule for u in match.unmatched}
+        for cand in match.candidates:
+            assert (abs(cand.madds / target - 1) > 0.05) == (cand.rule in unmatched), (step, cand.rule)
+        assert {"width", "compound", "width-share-0.8"}.isdisjoint(unmatched)
 
 
 def test_matcher_reports_arms_it_cannot_reach(at_four: list[sr.Candidate]) -> None:

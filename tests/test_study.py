@@ -53,7 +53,7 @@ def test_presets_parse() -> None:
         assert spec.name == name and (spec.search or spec.curves or spec.equal_flops)
         assert all(os.path.isfile(h) for h in spec.hparams if "=" not in h)
     cpu = study.load_spec("cpu")
-    assert cpu.baseline.width == 0.5 and cpu.baseline.resolution == 64 and cpu.budget_minutes == 60
+    assert cpu.baseline.width == 0.5 and cpu.baseline.resolution == 80 and cpu.budget_minutes == 55
     with pytest.raises(UserError, match="--data_dir"):
         cpu.data_settings()
     assert study.load_spec("cpu", data_dir="/photos/train").data_settings() == ("folder:/photos/train", None)

@@ -8,20 +8,13 @@ import tensorflow as tf
 import efficientnet_tf as et
 from efficientnet_tf.weights import load_pretrained
 
+import weights_helpers
+
 TINY = dict(width_coefficient=0.25, depth_coefficient=0.5, resolution=32)
 
 
-def _randomize(model: keras.Model, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Normalization) or not layer.weights:
-            continue
-        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(w.dtype) if w.ndim == 1
-                           else rng.normal(0, 0.3, w.shape).astype(w.dtype) for w in layer.get_weights()])
-
-
-def _images(size: int = 32, n: int = 2) -> np.ndarray:
-    return np.random.default_rng(1).uniform(0, 255, (n, size, size, 3)).astype("float32")
+_randomize = weights_helpers.randomize
+_images = weights_helpers.images
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".weights.h5"])
