@@ -6,7 +6,8 @@ Extracts `imagenette2-224sq-train.tar` from the shared data folder (default: `..
 beside the repository) into a temporary directory and times, in the same run and on the same
 files, the training pipeline of `data.build_train_dataset`:
 
-- decode + Inception crop + flip + resize (no augmentation),
+- decode + Inception crop + flip + resize (no augmentation: all the host does when
+  data.augment_on_device moves the policy and mixing into the train step),
 - the same + AutoAugment v0,
 - the same + RandAugment (N=2, M=10),
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                       min_crop_area=float(defaults.min_crop_area))
         pipelines = [
             (
-                "decode + crop + flip + resize",
+                "decode + crop + flip + resize (= augment_on_device)",
                 lambda: data.build_train_dataset(src, augment="none", **common),
             ),
             ("  + AutoAugment v0", lambda: data.build_train_dataset(src, augment="autoaugment", **common)),

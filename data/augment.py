@@ -237,37 +237,68 @@ def _cutout(image: tf.Tensor, half_size, rng: RandomStream, fill: int = FILL_VAL
 #   picture out of frame for TranslateY at level 9: that sub-policy yields a grey image 80 % of
 #   the times it is drawn, as in the reference.
 
-_OpFn = Callable[[tf.Tensor, float, RandomStream, dict], tf.Tensor]
-
 
 def _enhance_factor(level: float) -> float:
     return level / MAX_LEVEL * 1.8 + 0.1
 
 
-_OPS: dict[str, _OpFn] = {
-    "AutoContrast": lambda img, level, rng, hp: autocontrast(img),
-    "Equalize": lambda img, level, rng, hp: equalize(img),
-    "Invert": lambda img, level, rng, hp: invert(img),
-    "Rotate": lambda img, level, rng, hp: rotate(img, rng.sign() * (level / MAX_LEVEL * 30.0)),
-    "Posterize": lambda img, level, rng, hp: posterize(img, int(level / MAX_LEVEL * 4)),
-    "Solarize": lambda img, level, rng, hp: solarize(img, int(level / MAX_LEVEL * 256)),
-    "SolarizeAdd": lambda img, level, rng, hp: solarize_add(img, int(level / MAX_LEVEL * 110)),
-    "Color": lambda img, level, rng, hp: color(img, _enhance_factor(level)),
-    "Contrast": lambda img, level, rng, hp: contrast(img, _enhance_factor(level)),
-    "Brightness": lambda img, level, rng, hp: brightness(img, _enhance_factor(level)),
-    "Sharpness": lambda img, level, rng, hp: sharpness(img, _enhance_factor(level)),
-    "ShearX": lambda img, level, rng, hp: shear_x(img, rng.sign() * (level / MAX_LEVEL * 0.3)),
-    "ShearY": lambda img, level, rng, hp: shear_y(img, rng.sign() * (level / MAX_LEVEL * 0.3)),
-    "TranslateX": lambda img, level, rng, hp: translate_x(
-        img, rng.sign() * (level / MAX_LEVEL * hp["translate_const"])
-    ),
-    "TranslateY": lambda img, level, rng, hp: translate_y(
-        img, rng.sign() * (level / MAX_LEVEL * hp["translate_const"])
-    ),
-    "Cutout": lambda img, level, rng, hp: _cutout(img, int(level / MAX_LEVEL * hp["cutout_const"]), rng),
+# The argument each op takes at a level; the signed ops get a random sign on top.
+_LEVEL_TO_ARG: dict[str, Callable[[float, dict], float]] = {
+    "AutoContrast": lambda level, hp: 0.0,
+    "Equalize": lambda level, hp: 0.0,
+    "Invert": lambda level, hp: 0.0,
+    "Rotate": lambda level, hp: level / MAX_LEVEL * 30.0,
+    "Posterize": lambda level, hp: int(level / MAX_LEVEL * 4),
+    "Solarize": lambda level, hp: int(level / MAX_LEVEL * 256),
+    "SolarizeAdd": lambda level, hp: int(level / MAX_LEVEL * 110),
+    "Color": lambda level, hp: _enhance_factor(level),
+    "Contrast": lambda level, hp: _enhance_factor(level),
+    "Brightness": lambda level, hp: _enhance_factor(level),
+    "Sharpness": lambda level, hp: _enhance_factor(level),
+    "ShearX": lambda level, hp: level / MAX_LEVEL * 0.3,
+    "ShearY": lambda level, hp: level / MAX_LEVEL * 0.3,
+    "TranslateX": lambda level, hp: level / MAX_LEVEL * hp["translate_const"],
+    "TranslateY": lambda level, hp: level / MAX_LEVEL * hp["translate_const"],
+    "Cutout": lambda level, hp: int(level / MAX_LEVEL * hp["cutout_const"]),
 }
 
-OP_NAMES: tuple[str, ...] = tuple(_OPS)
+SIGNED_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"})
+
+
+def op_argument(name: str, level: float, hparams: dict | None = None) -> float:
+    """The argument of op `name` at `level` (degrees, shear, pixels, bits, threshold, factor ...), unsigned."""
+    if name not in _LEVEL_TO_ARG:
+        raise ValueError(f"unknown augmentation op {name!r}; known: {', '.join(_LEVEL_TO_ARG)}")
+    return _LEVEL_TO_ARG[name](level, hparams or AUTOAUGMENT_HPARAMS)
+
+
+_OpFn = Callable[[tf.Tensor, float, RandomStream], tf.Tensor]
+
+_APPLY: dict[str, _OpFn] = {
+    "AutoContrast": lambda img, arg, rng: autocontrast(img),
+    "Equalize": lambda img, arg, rng: equalize(img),
+    "Invert": lambda img, arg, rng: invert(img),
+    "Rotate": lambda img, arg, rng: rotate(img, rng.sign() * arg),
+    "Posterize": lambda img, arg, rng: posterize(img, arg),
+    "Solarize": lambda img, arg, rng: solarize(img, arg),
+    "SolarizeAdd": lambda img, arg, rng: solarize_add(img, arg),
+    "Color": lambda img, arg, rng: color(img, arg),
+    "Contrast": lambda img, arg, rng: contrast(img, arg),
+    "Brightness": lambda img, arg, rng: brightness(img, arg),
+    "Sharpness": lambda img, arg, rng: sharpness(img, arg),
+    "ShearX": lambda img, arg, rng: shear_x(img, rng.sign() * arg),
+    "ShearY": lambda img, arg, rng: shear_y(img, rng.sign() * arg),
+    "TranslateX": lambda img, arg, rng: translate_x(img, rng.sign() * arg),
+    "TranslateY": lambda img, arg, rng: translate_y(img, rng.sign() * arg),
+    "Cutout": lambda img, arg, rng: _cutout(img, arg, rng),
+}
+
+
+def _run_op(image: tf.Tensor, name: str, level: float, rng: RandomStream, hparams: dict) -> tf.Tensor:
+    return _APPLY[name](image, op_argument(name, level, hparams), rng)
+
+
+OP_NAMES: tuple[str, ...] = tuple(_APPLY)
 
 # The 16 operations RandAugment draws from (RECIPE.md §5).
 RANDAUGMENT_OPS: tuple[str, ...] = (
@@ -314,18 +345,18 @@ def apply_op(
     hparams: dict | None = None,
 ) -> tf.Tensor:
     """Apply the named operation at `level` (random sign / position drawn as the recipe says)."""
-    if name not in _OPS:
+    if name not in _APPLY:
         raise ValueError(f"unknown augmentation op {name!r}; known: {', '.join(OP_NAMES)}")
-    return _OPS[name](image, level, RandomStream(seed), hparams or AUTOAUGMENT_HPARAMS)
+    return _run_op(image, name, level, RandomStream(seed), hparams or AUTOAUGMENT_HPARAMS)
 
 
 def _maybe_apply(image: tf.Tensor, name: str, probability: float, level: float, rng, hparams) -> tf.Tensor:
     if probability <= 0.0:
         return image
     if probability >= 1.0:
-        return _OPS[name](image, level, rng, hparams)
+        return _run_op(image, name, level, rng, hparams)
     return tf.cond(
-        rng.bernoulli(probability), lambda: _OPS[name](image, level, rng, hparams), lambda: tf.identity(image)
+        rng.bernoulli(probability), lambda: _run_op(image, name, level, rng, hparams), lambda: tf.identity(image)
     )
 
 
@@ -373,7 +404,7 @@ def randaugment(
         choice = rng.integer(len(RANDAUGMENT_OPS))
         current = out
         branches = [
-            (lambda name=name, current=current: _OPS[name](current, magnitude, rng, hparams))
+            (lambda name=name, current=current: _run_op(current, name, magnitude, rng, hparams))
             for name in RANDAUGMENT_OPS
         ]
         out = tf.ensure_shape(tf.switch_case(choice, branches), image.shape)

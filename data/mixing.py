@@ -12,13 +12,8 @@ import tensorflow as tf
 from ._random import RandomStream
 
 
-def mixup(
-    images: tf.Tensor, labels: tf.Tensor, alpha: float, *, seed: tf.Tensor | None = None
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Mixup: x = λ·x_i + (1 − λ)·x_j, same for the one-hot labels, λ ~ Beta(α, α) per example."""
-    rng = RandomStream(seed)
-    batch = tf.shape(images)[0]
-    weight = rng.beta(alpha, [batch])
+def mixup_with_weights(images: tf.Tensor, labels: tf.Tensor, weight: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mixup with given per-example weights λ `[B]`: x = λ·x_i + (1 − λ)·x_j, same for the labels."""
     weight_images = tf.reshape(weight, [-1, 1, 1, 1])
     weight_labels = tf.reshape(weight, [-1, 1])
     images = tf.cast(images, tf.float32)
@@ -27,19 +22,23 @@ def mixup(
     return mixed_images, mixed_labels
 
 
-def cutmix(
+def mixup(
     images: tf.Tensor, labels: tf.Tensor, alpha: float, *, seed: tf.Tensor | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """CutMix: paste a box of area ≈ (1 − λ) from the partner image, λ ~ Beta(α, α) per example."""
+    """Mixup: x = λ·x_i + (1 − λ)·x_j, same for the one-hot labels, λ ~ Beta(α, α) per example."""
     rng = RandomStream(seed)
+    return mixup_with_weights(images, labels, rng.beta(alpha, [tf.shape(images)[0]]))
+
+
+def cutmix_with_boxes(
+    images: tf.Tensor, labels: tf.Tensor, weight: tf.Tensor, center_y: tf.Tensor, center_x: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """CutMix with given per-example weights λ and box centres `[B]`: a box of area ≈ (1 − λ) pasted."""
     shape = tf.shape(images)
-    batch, height, width = shape[0], shape[1], shape[2]
-    weight = rng.beta(alpha, [batch])
+    height, width = shape[1], shape[2]
     cut_ratio = tf.sqrt(1.0 - weight)
     cut_h = tf.cast(tf.cast(height, tf.float32) * cut_ratio, tf.int32)
     cut_w = tf.cast(tf.cast(width, tf.float32) * cut_ratio, tf.int32)
-    center_y = rng.integer(height, [batch])
-    center_x = rng.integer(width, [batch])
     top = tf.clip_by_value(center_y - cut_h // 2, 0, height)
     bottom = tf.clip_by_value(center_y + cut_h // 2, 0, height)
     left = tf.clip_by_value(center_x - cut_w // 2, 0, width)
@@ -59,6 +58,19 @@ def cutmix(
     kept = tf.reshape(kept, [-1, 1])
     mixed_labels = kept * labels + (1.0 - kept) * tf.reverse(labels, [0])
     return mixed_images, mixed_labels
+
+
+def cutmix(
+    images: tf.Tensor, labels: tf.Tensor, alpha: float, *, seed: tf.Tensor | None = None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """CutMix: paste a box of area ≈ (1 − λ) from the partner image, λ ~ Beta(α, α) per example."""
+    rng = RandomStream(seed)
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    weight = rng.beta(alpha, [batch])
+    center_y = rng.integer(height, [batch])
+    center_x = rng.integer(width, [batch])
+    return cutmix_with_boxes(images, labels, weight, center_y, center_x)
 
 
 def mix_batch(

@@ -39,6 +39,23 @@ def _check_common(image_size: int, batch_size: int, resize_method: str) -> str:
         raise UserError(str(error)) from None
 
 
+def check_augmentation(
+    augment: str | None, randaug_num_layers: int, randaug_magnitude: float, mixup_alpha: float, cutmix_alpha: float
+) -> str:
+    """The augmentation name in lower case; UserError for settings out of range."""
+    augment = (augment or "none").lower()
+    if augment not in AUGMENTATIONS:
+        raise UserError(f"unknown augment {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
+    if mixup_alpha < 0 or cutmix_alpha < 0:
+        raise UserError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha} and {cutmix_alpha}")
+    if augment == "randaugment" and (randaug_num_layers < 0 or randaug_magnitude < 0):
+        raise UserError(
+            "randaug_num_layers and randaug_magnitude must be >= 0, "
+            f"got {randaug_num_layers} and {randaug_magnitude}"
+        )
+    return augment
+
+
 def _options(deterministic: bool) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
@@ -76,16 +93,7 @@ def build_train_dataset(
     method = _check_common(image_size, batch_size, resize_method)
     if not 0.0 < float(min_crop_area) <= 1.0:
         raise UserError(f"min_crop_area must be in (0, 1], got {min_crop_area}")
-    augment = (augment or "none").lower()
-    if augment not in AUGMENTATIONS:
-        raise UserError(f"unknown augment {augment!r}; use one of {', '.join(AUGMENTATIONS)}")
-    if mixup_alpha < 0 or cutmix_alpha < 0:
-        raise UserError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha} and {cutmix_alpha}")
-    if augment == "randaugment" and (randaug_num_layers < 0 or randaug_magnitude < 0):
-        raise UserError(
-            "randaug_num_layers and randaug_magnitude must be >= 0, "
-            f"got {randaug_num_layers} and {randaug_magnitude}"
-        )
+    augment = check_augmentation(augment, randaug_num_layers, randaug_magnitude, mixup_alpha, cutmix_alpha)
     if src.num_train == 0:
         raise UserError(f"dataset {src.name} has no training images ({src.location})")
     if input_context is not None and src.num_train < input_context.num_input_pipelines:

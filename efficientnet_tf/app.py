@@ -27,6 +27,7 @@ from absl import logging
 
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.rundir import RunDir
+from efficientnet_tf.runlock import RunLock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,13 +145,16 @@ def dataset_functions(config: Any, source: Any) -> tuple[Any, Any]:
 
     size, d = int(config.model.image_size), config.data
     batch, eval_batch = int(config.train.batch_size), int(config.eval.batch_size)
+    # data.augment_on_device: the train step augments and mixes; the host only decodes, crops, flips, resizes.
+    on_host = not d.augment_on_device
 
     def train_fn(context: Any) -> Any:
         return data.build_train_dataset(
             source, image_size=size, batch_size=context.get_per_replica_batch_size(batch),
-            resize_method=d.resize_method, augment=d.augment, randaug_num_layers=int(d.randaug_num_layers),
-            randaug_magnitude=float(d.randaug_magnitude), mixup_alpha=float(d.mixup_alpha),
-            cutmix_alpha=float(d.cutmix_alpha), min_crop_area=float(d.min_crop_area), seed=config.train.seed,
+            resize_method=d.resize_method, augment=d.augment if on_host else "none",
+            randaug_num_layers=int(d.randaug_num_layers), randaug_magnitude=float(d.randaug_magnitude),
+            mixup_alpha=float(d.mixup_alpha) if on_host else 0.0,
+            cutmix_alpha=float(d.cutmix_alpha) if on_host else 0.0, min_crop_area=float(d.min_crop_area), seed=config.train.seed,
             deterministic=bool(config.train.deterministic), cache=bool(d.cache), input_context=context,
         )
 
@@ -189,6 +193,7 @@ class PreparedRun:
     info: Any  # training.StrategyInfo
     source: Any  # data.Source
     run: RunDir
+    lock: Any = None  # runlock.RunLock held by the chief until training ends
 
     @property
     def class_names(self) -> list[str]:
@@ -235,8 +240,15 @@ def prepare_training(config: Any, *, model_dir: str | None = None, hardware: Har
     source = load_source(config)
     resolved = resolve_training_config(config, info, source)
     run = RunDir(model_dir or default_model_dir(resolved))
-    prepare_run_dir(resolved, run, source.class_names, is_chief=info.is_chief)
-    return PreparedRun(resolved, info, source, run)
+    # One writer per run directory: the chief locks it before touching config.yaml or checkpoints.
+    lock = RunLock.acquire(run.path) if info.is_chief else None
+    try:
+        prepare_run_dir(resolved, run, source.class_names, is_chief=info.is_chief)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return PreparedRun(resolved, info, source, run, lock)
 
 
 def weights_normalization(config: Any, init_weights: str | None) -> Any:
@@ -321,21 +333,35 @@ def train(
     `init_weights` is a file or a pretrained-weights name (imagenet, advprop, ...; see
     efficientnet_tf.pretrained); a name also sets model.normalization to the one the weights expect.
     """
+    from efficientnet_tf.training import preemption
+
+    # SIGTERM / SIGINT from here on stop the run at a step boundary with a checkpoint (training.preemption).
+    with preemption.handle_signals():
+        return _train(config, model_dir=model_dir, hardware=hardware, evaluate=evaluate, init_weights=init_weights,
+                      ready=ready)
+
+
+def _train(config: Any, *, model_dir: str | None, hardware: Hardware, evaluate: bool, init_weights: str | None,
+           ready: Callable[[], None] | None) -> TrainOutcome:
     from efficientnet_tf import training
 
     config = weights_normalization(config, init_weights)
     prepared = prepare_training(config, model_dir=model_dir, hardware=hardware)
     config, info = prepared.config, prepared.info
-    train_fn, eval_fn = dataset_functions(config, prepared.source)
-    if ready:
-        ready()
-    logging.info("Training %s on %s (%d classes, %d px) for %d steps of %d images, %s, %s, into %s",
-                 config.model.name, config.data.dataset, config.model.num_classes, config.model.image_size,
-                 config.train.train_steps, config.train.batch_size, info.describe(),
-                 config.runtime.mixed_precision, prepared.run.path)
-    trainer = training.Trainer(config, info, prepared.run.path, train_dataset_fn=train_fn,
-                               eval_dataset_fn=eval_fn if evaluate else None, init_weights=init_weights)
-    result = trainer.train(eval_every_epochs=int(config.train.eval_every_epochs) if evaluate else None)
+    try:
+        train_fn, eval_fn = dataset_functions(config, prepared.source)
+        if ready:
+            ready()
+        logging.info("Training %s on %s (%d classes, %d px) for %d steps of %d images, %s, %s, into %s",
+                     config.model.name, config.data.dataset, config.model.num_classes, config.model.image_size,
+                     config.train.train_steps, config.train.batch_size, info.describe(),
+                     config.runtime.mixed_precision, prepared.run.path)
+        trainer = training.Trainer(config, info, prepared.run.path, train_dataset_fn=train_fn,
+                                   eval_dataset_fn=eval_fn if evaluate else None, init_weights=init_weights)
+        result = trainer.train(eval_every_epochs=int(config.train.eval_every_epochs) if evaluate else None)
+    finally:
+        if prepared.lock is not None:
+            prepared.lock.release()
     bad = list(prepared.source.bad_files)
     if bad:
         logging.warning("%d unreadable item(s) were skipped, e.g. %s", len(bad), bad[0])

@@ -23,7 +23,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from efficientnet_tf.errors import first_line
+from efficientnet_tf.errors import EXIT_PREEMPTED, first_line
 
 MODES = ("train", "eval", "train_and_eval", "export", "predict", "summary", "scaling_study")
 # Kept in step with efficientnet_tf.training.strategy (a test checks); listed here so that flag
@@ -262,10 +262,12 @@ def as_command_error(error: Exception) -> Exception:
     # Only now: a spec error of --mode=scaling_study arrives before TensorFlow was (quietly) imported.
     import tensorflow as tf
 
-    from efficientnet_tf.training import NonFiniteLossError
+    from efficientnet_tf.training import NonFiniteLossError, Preempted
 
     if isinstance(error, NonFiniteLossError):
         return CommandError(f"training stopped: {first_line(error)}", EXIT_DIVERGED)
+    if isinstance(error, Preempted):
+        return CommandError(first_line(error), EXIT_PREEMPTED)
     if isinstance(error, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
         name = f" {error.filename}" if getattr(error, "filename", None) else ""
         return CommandError(f"{error.strerror or type(error).__name__}:{name}")
@@ -289,7 +291,8 @@ def _main_or_exit(argv: list[str]) -> None:
     try:
         status = main(argv)
     except CommandError as error:
-        sys.stderr.write(f"error: {error}\n")
+        # A stop on request is not an error: its line says what was saved and how to resume.
+        sys.stderr.write(f"{error}\n" if error.status == EXIT_PREEMPTED else f"error: {error}\n")
         sys.stderr.flush()
         sys.exit(error.status)
     sys.exit(status)

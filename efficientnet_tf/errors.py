@@ -1,6 +1,11 @@
 """Errors meant for the person at the keyboard, and the one helper that shortens any error to a line."""
 
 
+# Exit status of a training run stopped by SIGTERM / SIGINT (or a maintenance event) after saving a
+# checkpoint of its last step (EX_TEMPFAIL): running the same command again resumes it.
+EXIT_PREEMPTED = 75
+
+
 class UserError(ValueError):
     """A mistake in the user's input: flags, config, paths or data.
 

@@ -10,6 +10,8 @@ Layout:
     labels.txt             class names in label order
     checkpoints/ckpt-N.*   rolling checkpoints (the last train.keep_checkpoints)
     checkpoints/best/      the best checkpoint by eval top-1, with best.json
+    checkpoints/unreadable/  checkpoints that could not be read back, moved aside (never deleted)
+    .lock                  held by the training process (efficientnet_tf.runlock)
     logs/train, logs/eval  TensorBoard event files
     eval_results.json      the latest evaluation; eval_history.jsonl: every evaluation
     export/                artifacts of --mode=export (default export directory)
@@ -20,18 +22,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
+from absl import logging
 
-from efficientnet_tf.errors import UserError
+from efficientnet_tf.errors import UserError, first_line
 
 CONFIG_FILE = "config.yaml"
 IMPORT_REPORT_FILE = "import_report.json"  # what --init_weights loaded, skipped, re-initialised
 LABELS_FILE = "labels.txt"
 CHECKPOINTS_SUBDIR = "checkpoints"
 BEST_SUBDIR = "best"
+UNREADABLE_SUBDIR = "unreadable"
 BEST_RECORD = "best.json"
 LOGS_SUBDIR = "logs"
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -63,6 +69,49 @@ def step_of(path: str) -> int:
         return int(os.path.basename(path).rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return -1
+
+
+def glob_escape(path: str) -> str:
+    """`path` with glob metacharacters escaped (for tf.io.gfile.glob)."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
+def checkpoint_candidates(directory: str) -> list[str]:
+    """Checkpoint prefixes in `directory`, newest step first: those the state file lists (even if their
+    files are gone) and every `*.index` beside them (even if the state file is gone or damaged)."""
+    prefixes: set[str] = set()
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+        if state is not None:
+            listed = [*state.all_model_checkpoint_paths, state.model_checkpoint_path]
+            prefixes.update(p if os.path.isabs(p) or "://" in p else os.path.join(directory, p) for p in listed if p)
+    except (tf.errors.OpError, ValueError) as error:  # a damaged state file: fall back on the index files
+        logging.warning("Checkpoint state file in %s is unreadable (%s); listing the checkpoint files instead",
+                        directory, first_line(error))
+    try:
+        prefixes.update(path[: -len(".index")] for path in tf.io.gfile.glob(os.path.join(glob_escape(directory),
+                                                                                        "*.index")))
+    except tf.errors.OpError:
+        pass
+    return sorted(prefixes, key=lambda p: (step_of(p), p), reverse=True)
+
+
+def checkpoint_problem(prefix: str) -> str | None:
+    """Why checkpoint `prefix` cannot be read back (a missing file, a truncated or corrupt one), or None
+    when every tensor in it reads (and passes its checksum)."""
+    if not tf.io.gfile.exists(prefix + ".index"):
+        return f"{os.path.basename(prefix)}.index is missing"
+    try:
+        dtypes = tf.train.load_checkpoint(prefix).get_variable_to_dtype_map()
+        names = sorted(dtypes)
+        for i in range(0, len(names), 64):  # read back (and checksum) every tensor, iterator state included
+            chunk = names[i : i + 64]
+            tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=chunk, shape_and_slices=[""] * len(chunk),
+                                 dtypes=[dtypes[n] for n in chunk])
+    except Exception as error:  # noqa: BLE001 - the reader raises OpErrors, ValueError and IndexError alike
+        text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", first_line(error))
+        return text[:200]
+    return None
 
 
 class RunDir:
@@ -177,13 +226,58 @@ class RunDir:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def latest_checkpoint(self) -> str | None:
-        """The newest rolling checkpoint prefix, or None."""
-        return tf.train.latest_checkpoint(self.checkpoints_dir)
+        """The newest rolling checkpoint prefix (by step, whether or not it is readable), or None."""
+        candidates = checkpoint_candidates(self.checkpoints_dir)
+        return candidates[0] if candidates else None
+
+    def readable_checkpoint(self, *, quarantine: bool = False) -> str | None:
+        """The newest rolling checkpoint that reads back whole, or None when the run has none.
+
+        Unreadable newer ones (truncated or missing files: a full disk, an interrupted copy) are named
+        in a warning and never deleted; with `quarantine` (the training process, which will save over
+        their names) they are moved to checkpoints/unreadable/<time>/ and dropped from the state file.
+        When checkpoints exist but none is readable: a one-line UserError naming the directory.
+        """
+        candidates = checkpoint_candidates(self.checkpoints_dir)
+        bad: list[tuple[str, str]] = []
+        for prefix in candidates:
+            problem = checkpoint_problem(prefix)
+            if problem is None:
+                if bad:
+                    logging.warning("Unreadable checkpoint(s) %s; using %s instead%s",
+                                    "; ".join(f"{p} ({why})" for p, why in bad), os.path.basename(prefix),
+                                    f" (moved to {self.unreadable_dir})" if quarantine else "")
+                    if quarantine:
+                        self._quarantine([p for p, _ in bad], prefix)
+                return prefix
+            bad.append((prefix, problem))
+        if bad:
+            raise UserError(f"no readable checkpoint in {self.checkpoints_dir}: "
+                            + "; ".join(f"{os.path.basename(p)}: {why}" for p, why in bad[:3])
+                            + ("; ..." if len(bad) > 3 else "")
+                            + " (move them away to start afresh)")
+        return None
+
+    @property
+    def unreadable_dir(self) -> str:
+        """Where training moves unreadable checkpoints so that new ones cannot overwrite them."""
+        return self._join(CHECKPOINTS_SUBDIR, UNREADABLE_SUBDIR)
+
+    def _quarantine(self, prefixes: Sequence[str], good: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = os.path.join(self.unreadable_dir, stamp)
+        tf.io.gfile.makedirs(target)
+        for prefix in prefixes:
+            for path in tf.io.gfile.glob(glob_escape(prefix) + ".*"):
+                tf.io.gfile.rename(path, os.path.join(target, os.path.basename(path)), overwrite=True)
+        keep = [p for p in checkpoint_candidates(self.checkpoints_dir) if step_of(p) <= step_of(good)]
+        tf.compat.v1.train.update_checkpoint_state(self.checkpoints_dir, good,
+                                                   all_model_checkpoint_paths=sorted(keep, key=step_of))
 
     def checkpoint(self, which: str | None = None) -> str:
         """A checkpoint prefix: `latest` (default), `best`, a prefix or a directory; a UserError if none."""
         if which in (None, "", "latest"):
-            path = self.latest_checkpoint()
+            path = self.readable_checkpoint()
             if path is None:
                 raise UserError(f"no checkpoint in {self.checkpoints_dir}; train into this --model_dir first")
             return path

@@ -474,30 +474,23 @@ def _fmt_s(s: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """One row of the study: a rule at a compute multiple and a seed, and the network it trains."""
+    """One row of the study: a part, a seed and the counted network it trains (a Candidate named after the
+    arm's rule, at the coefficients the training uses); the network's fields read as the arm's own."""
 
     part: str
-    rule: str
-    s: float
     seed: int
-    d: float
-    w: float
-    r: float
-    width_coefficient: float
-    depth_coefficient: float
-    resolution: int
-    madds: int
-    params: int
-    activations: int
-    predicted_madds_ratio: float  # d·w²·r²
-    measured_madds_ratio: float  # MAdds over the baseline's
+    network: scaling_rules.Candidate
     shares: tuple[float, float, float] | None  # log-FLOPs shares of depth, width, resolution
     predicted_seconds: float  # of its training run (shared by arms with the same arm_dir)
     flops_gap: float | None = None  # matched parts: MAdds over the target, minus one
-    matched_from: int | None = None
-    flag: str | None = None
     note: str | None = None
     pending: bool = False  # the compound-searched placeholder until the search has run
+
+    def __getattr__(self, name: str) -> Any:
+        # rule, s, d, w, r, width/depth coefficients, resolution, madds, params, activations, ratios, flag ...
+        if name == "network":
+            raise AttributeError(name)
+        return getattr(self.network, name)
 
     @property
     def arm_id(self) -> str:
@@ -606,8 +599,16 @@ class StudyPlan:
             "batch_size": self.batch_size, "recipe": self.recipe, "baseline": dataclasses.asdict(self.baseline_counts),
             "time_model": dataclasses.asdict(self.time_model), "predicted_seconds": self.predicted_seconds,
             "trimmed": list(self.trimmed), "notes": list(self.notes),
-            "arms": [{**dataclasses.asdict(a), "arm_id": a.arm_id, "arm_dir": a.arm_dir} for a in self.arms],
+            "arms": [{**_arm_dict(a), "arm_id": a.arm_id, "arm_dir": a.arm_dir} for a in self.arms],
         }
+
+
+def _arm_dict(arm: Arm) -> dict[str, Any]:
+    """An arm as flat plain data: its own fields and its network's."""
+    data = {"part": arm.part, "seed": arm.seed, **dataclasses.asdict(arm.network)}
+    data.update({f.name: getattr(arm, f.name) for f in dataclasses.fields(arm) if f.name not in ("part", "seed",
+                                                                                                  "network")})
+    return data
 
 
 def _total_seconds(arms: Iterable[Arm]) -> float:
@@ -777,13 +778,12 @@ class _ArmMaker:
         seconds = self.time_model.arm_seconds(counts.madds, counts.activations, self.ctx.train_steps,
                                               int(self.ctx.source.num_eval), self.ctx.batch_size)
         gap = counts.madds / target - 1 if target else None
-        return [Arm(part=part, rule=name or (rule.name if rule else "baseline"), s=float(cand.s), seed=seed,
-                    d=cand.d, w=cand.w, r=cand.r, width_coefficient=width, depth_coefficient=depth,
-                    resolution=cand.resolution, madds=counts.madds, params=counts.params,
-                    activations=counts.activations, predicted_madds_ratio=cand.predicted_madds_ratio,
-                    measured_madds_ratio=counts.madds / self.base.madds,
-                    shares=tuple(rule.shares) if rule else None, predicted_seconds=seconds, flops_gap=gap,
-                    matched_from=cand.matched_from, flag=cand.flag, note=note, pending=pending)
+        network = dataclasses.replace(cand, rule=name or (rule.name if rule else "baseline"), s=float(cand.s),
+                                      width_coefficient=width, depth_coefficient=depth, madds=counts.madds,
+                                      params=counts.params, activations=counts.activations,
+                                      measured_madds_ratio=counts.madds / self.base.madds)
+        return [Arm(part=part, seed=seed, network=network, shares=tuple(rule.shares) if rule else None,
+                    predicted_seconds=seconds, flops_gap=gap, note=note, pending=pending)
                 for seed in range(seeds)]
 
 
@@ -1049,10 +1049,10 @@ def _train_arm(ctx: _Context, arm: Arm, directory: str, hardware: Any) -> ArmRes
     outcome = app.train(config, model_dir=directory, hardware=hardware, evaluate=False)
     seconds = time.monotonic() - began
     timing_path = os.path.join(directory, TRAIN_RESULT_FILE)
-    metrics = outcome.result.train_metrics
-    if metrics.get("images_per_second"):
-        timing = {"images_per_second": float(metrics["images_per_second"]),
-                  "step_time_seconds": float(metrics["step_time_seconds"]), "train_seconds": seconds}
+    step_time = outcome.result.step_time_seconds  # over every timed step of the run, not the last log window
+    if step_time:
+        timing = {"images_per_second": int(outcome.config.train.batch_size) / step_time,
+                  "step_time_seconds": step_time, "train_seconds": seconds}
         _write_text(timing_path, json.dumps(timing, indent=2) + "\n")
     elif os.path.isfile(timing_path):  # trained to the end by an earlier, interrupted run
         with open(timing_path, encoding="utf-8") as handle:
@@ -1456,6 +1456,12 @@ def _compound_claims(plan: StudyPlan, arms: Sequence[Arm], correct: _Correctness
     claims = []
     contenders = [PAPER] + [r for r in (SEARCHED,) if r in groups and
                             {a.arm_dir for a in groups[r]} != {a.arm_dir for a in groups[PAPER]}]
+    for rule in list(contenders):
+        same = [single for single, g in singles.items() if {a.arm_dir for a in g} == {a.arm_dir for a in groups[rule]}]
+        if same:  # the search picked a corner of the simplex: a single dimension is no compound to compare
+            contenders.remove(rule)
+            claims.append(_not_run("b", statement.format(rule), f"the search chose a single dimension, the same "
+                                   f"networks as the {same[0]} arm: there is no compound point to compare"))
     for rule in contenders:
         stacks = _stacks(correct, groups[rule], singles[best])
         assert stacks is not None

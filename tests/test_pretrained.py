@@ -297,6 +297,33 @@ def test_advprop_sets_minus_one_one_and_keras_file_keeps_it(mirror, cache, monke
     np.testing.assert_allclose(np.asarray(served), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant,name", [
+    ("efficientnet-b0", "baseline"), ("efficientnet-b1", "autoaugment"), ("efficientnet-b5", "randaugment"),
+    ("efficientnet-b8", "advprop"), ("efficientnet-b2", "noisy-student"), ("efficientnet-l2", "noisy-student-475"),
+    ("efficientnet-lite0", "lite"), ("efficientnet-lite3", "imagenet"),
+])
+def test_every_reference_checkpoint_name_through_the_mirror(mirror, cache, monkeypatch, tmp_path, variant, name):
+    """Each tensorflow/tpu weights name fetches its own row's tarball (at its official path below the
+    mirror), reads the moving averages and sets the normalisation the weights were trained with."""
+    root, base = mirror
+    entry = pretrained.resolve(name, variant)
+    source = et.build_model(variant, classes=1000, normalization=entry.normalization, **TINY)
+    _randomize(source, 2)
+    archive_name = pretrained.relative_path(entry.file.url).rsplit("/", 1)[1]
+    tarball = tmp_path / "made" / archive_name
+    tarball.parent.mkdir()
+    _reference_tarball(source, variant, tarball)
+    _serve(root, entry.file.url, tarball)
+    monkeypatch.setenv(pretrained.MIRROR_ENV, base)
+    model = et.build_model(variant, classes=1000, **TINY)
+    report = load_pretrained(model, name)
+    assert report.weights_name == entry.name and report.normalization == entry.normalization
+    assert normalization_of(model) == entry.normalization and not report.skipped
+    assert report.source_url == f"{base}/{pretrained.relative_path(entry.file.url)}"
+    images = _images()
+    np.testing.assert_allclose(_run(model, images), _run(source, images), atol=1e-5)
+
+
 def test_unsafe_tarball_is_refused_and_deleted(mirror, cache, tmp_path):
     root, base = mirror
     evil = tmp_path / "evil.tar.gz"

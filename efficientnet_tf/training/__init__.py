@@ -11,7 +11,8 @@ Most callers go through `efficientnet_tf.app`, which prepares the config, data a
 from efficientnet_tf.ema import ExponentialMovingAverage, averaged_variables
 from efficientnet_tf.training.checkpoints import CheckpointKeeper
 from efficientnet_tf.training.evaluation import evaluate_checkpoints, evaluate_model, make_eval_batch_fn
-from efficientnet_tf.training.loop import NonFiniteLossError, Trainer, TrainResult
+from efficientnet_tf.training.loop import CheckpointWriteError, NonFiniteLossError, Trainer, TrainResult
+from efficientnet_tf.training.preemption import EXIT_PREEMPTED, Preempted
 from efficientnet_tf.training.schedules import WarmupDecay, build_optimizer, build_schedule, peak_learning_rate
 from efficientnet_tf.training.strategy import (
     StrategyInfo,
@@ -25,9 +26,12 @@ from efficientnet_tf.training.strategy import (
 from efficientnet_tf.training.summaries import Progress, Summaries, image_grid
 
 __all__ = [
+    "EXIT_PREEMPTED",
     "CheckpointKeeper",
+    "CheckpointWriteError",
     "ExponentialMovingAverage",
     "NonFiniteLossError",
+    "Preempted",
     "Progress",
     "StrategyInfo",
     "Summaries",

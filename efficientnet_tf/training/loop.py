@@ -22,7 +22,7 @@ from efficientnet_tf.ema import ExponentialMovingAverage, averaged_variables, ba
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.hparams import flatten
 from efficientnet_tf.rundir import IMPORT_REPORT_FILE, RunDir
-from efficientnet_tf.training import checkpoints, finetune, schedules
+from efficientnet_tf.training import checkpoints, finetune, preemption, schedules
 from efficientnet_tf.training.evaluation import DatasetFn, dataset_options, evaluate_model, make_eval_batch_fn
 from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size, use_xla
 from efficientnet_tf.training.summaries import Progress, Summaries
@@ -32,6 +32,10 @@ DEFAULT_STEPS_PER_LOOP = {"CPU": 1, "GPU": 100, "TPU": 1000}
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (full disk, permissions); the last good one is kept."""
 
 
 @dataclasses.dataclass
@@ -44,6 +48,24 @@ class TrainResult:
     checkpoint: str | None
     best_checkpoint: str | None
     resumed_from: str | None
+    # Steps and seconds of this invocation's training calls, tracing calls excluded (steady-state speed).
+    timed_steps: int = 0
+    timed_seconds: float = 0.0
+
+    @property
+    def step_time_seconds(self) -> float | None:
+        """Mean seconds per step over the whole invocation (None when no call was timed)."""
+        return self.timed_seconds / self.timed_steps if self.timed_steps else None
+
+
+_WRITE_FAILURES = ("No space left", "File too large", "Read-only file system", "Permission denied", "Disk quota")
+
+
+def _is_write_error(error: BaseException) -> bool:
+    """Whether a failed save is the storage's fault (full, read-only), not the input pipeline's state."""
+    if isinstance(error, (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError, OSError)):
+        return True
+    return any(text in str(error) for text in _WRITE_FAILURES)
 
 
 def _batch_norm_statistics(model: keras.Model) -> list[keras.Variable]:
@@ -54,6 +76,21 @@ def _decayed_variables(model: keras.Model) -> list[keras.Variable]:
     """Trainable weights that get L2 weight decay: all but batch-norm gamma and beta."""
     excluded = {id(v) for layer in batch_norm_layers(model) for v in layer.trainable_variables}
     return [v for v in model.trainable_variables if id(v) not in excluded]
+
+
+def _device_augmentation(config: Any) -> Any:
+    """data.augment_on_device: the augmentation the train step applies (None when off or nothing to do)."""
+    data_config = config.data
+    if not data_config.get("augment_on_device"):
+        return None
+    from efficientnet_tf.data.augment_device import DeviceAugmentation
+
+    return DeviceAugmentation.create(
+        augment=data_config.augment, randaug_num_layers=int(data_config.randaug_num_layers),
+        randaug_magnitude=float(data_config.randaug_magnitude), mixup_alpha=float(data_config.mixup_alpha),
+        cutmix_alpha=float(data_config.cutmix_alpha), seed=config.train.seed,
+        deterministic=bool(config.train.deterministic),
+    )
 
 
 def parse_profile_steps(value: str | None) -> tuple[int, int] | None:
@@ -108,7 +145,8 @@ class Trainer:
         self.num_classes = int(config.model.num_classes)
 
         self.run = RunDir(model_dir)
-        resume_from = self.run.latest_checkpoint()
+        # The newest checkpoint that reads back whole; the chief moves unreadable newer ones aside.
+        resume_from = self.run.readable_checkpoint(quarantine=strategy_info.is_chief)
         with self.strategy.scope():
             self.model = build_model_fn() if build_model_fn else model_io.build_model_from_config(config)
             self.finetune = finetune.FineTuneSchedule.from_config(config, self.steps_per_epoch)
@@ -143,6 +181,7 @@ class Trainer:
         self._units = finetune.units_top_down(self.model) if self.finetune.active else []
         self._parameters = finetune.count_weights(self.model.trainable_variables)  # before any freezing
         self._phase: finetune.Phase | None = None
+        self._device_augment = _device_augmentation(config)
         self._build_functions()
 
     def _import_weights(self, init_weights: str) -> None:
@@ -205,9 +244,14 @@ class Trainer:
         bn_stats = self._bn_stats
         ema = self.ema
         num_classes = self.num_classes
+        device_augment = self._device_augment
 
         def train_step(images: tf.Tensor, labels: tf.Tensor) -> None:
             step = self.step.read_value()
+            if device_augment is not None:
+                # Seeded by step and replica: every replica augments its own share, reproducibly.
+                replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+                images, labels = device_augment(images, labels, step, replica_id)
             trainable = model.trainable_variables
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(images, training=True), tf.float32)
@@ -246,16 +290,18 @@ class Trainer:
                 images, labels = next(iterator)
                 strategy.run(replica_step, args=(images, labels))
 
-        def read_sums() -> tf.Tensor:
+        def read_sums(stop: tf.Tensor) -> tf.Tensor:
             value = self._sums.read_value()
             with tf.control_dependencies([value]):
                 reset = self._sums.assign(tf.zeros([3]))
             with tf.control_dependencies([reset]):
-                return tf.identity(value)
+                return tf.concat([value, tf.reshape(stop, [1])], axis=0)
 
         @tf.function
-        def take_sums() -> tf.Tensor:
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(read_sums), axis=None)
+        def take_sums(stop: tf.Tensor) -> tf.Tensor:
+            """[loss sum, correct, examples, stop requests] summed over replicas and workers: the all-reduce
+            that the metrics need anyway also tells every worker whether any of them was asked to stop."""
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(read_sums, args=(stop,)), axis=None)
 
         @tf.function
         def swap_ema() -> None:
@@ -294,7 +340,9 @@ class Trainer:
         """One batch of augmented training images from a separate pipeline (for TensorBoard)."""
         try:
             dataset = self.train_dataset_fn(tf.distribute.InputContext())
-            images, _ = next(iter(dataset.take(1)))
+            images, labels = next(iter(dataset.take(1)))
+            if self._device_augment is not None:
+                images, _ = self._device_augment(images, labels, 0, 0)
             return images.numpy()
         except (tf.errors.OpError, StopIteration, ValueError) as error:
             logging.warning("Could not draw sample training images for TensorBoard: %s", error)
@@ -329,18 +377,33 @@ class Trainer:
             worker_index=self.info.worker_index,
         )
 
-    def _save(self) -> str | None:
-        """Save a rolling checkpoint; drops the iterator from it if TensorFlow cannot save it."""
+    def _save(self, last_good: str | None) -> str | None:
+        """Save a rolling checkpoint; drops the iterator from it if TensorFlow cannot save it.
+
+        A write that fails (full disk, read-only directory) is a CheckpointWriteError naming the last
+        good checkpoint, which stays as it was.
+        """
         try:
-            return self._keeper.save()
-        except (tf.errors.OpError, ValueError, TypeError) as error:
-            if not self._iterator_saved:
-                raise
-            logging.warning("Cannot save the input pipeline position (%s); checkpoints will hold the "
-                            "model only and a resumed run restarts the input order", first_line(error))
-            self._iterator_saved = False
-            self._keeper = self._make_keeper(False)
-            return self._keeper.save()
+            try:
+                return self._keeper.save()
+            except (tf.errors.OpError, ValueError, TypeError) as error:
+                if not self._iterator_saved or _is_write_error(error):
+                    raise
+                logging.warning("Cannot save the input pipeline position (%s); checkpoints will hold the "
+                                "model only and a resumed run restarts the input order", first_line(error))
+                self._iterator_saved = False
+                self._keeper = self._make_keeper(False)
+                return self._keeper.save()
+        except (tf.errors.OpError, OSError) as error:
+            raise self._write_error(error, last_good) from None
+
+    def _write_error(self, error: BaseException, last_good: str | None, what: str | None = None) -> CheckpointWriteError:
+        reason = getattr(error, "strerror", None) or first_line(error)
+        what = what or f"a checkpoint at step {int(self.step.numpy())} into {self.run.checkpoints_dir}"
+        return CheckpointWriteError(
+            f"cannot write {what}: {reason}; "
+            f"the last good checkpoint is {last_good or 'none'} (free disk space or fix permissions, then run the "
+            "same command again to resume from it)")
 
     def _restore(self, path: str) -> None:
         status = self._keeper.checkpoint.restore(path)
@@ -417,79 +480,119 @@ class Trainer:
                 if images is not None:
                     summaries.images(0, "augmented_images", images)
 
+        with preemption.handle_signals() as stop:
+            self._watch_maintenance(stop)
+            try:
+                return self._train_steps(start, summaries, progress, stop, eval_every_epochs=eval_every_epochs)
+            finally:
+                summaries.close()
+
+    def _watch_maintenance(self, stop: preemption.StopRequest) -> None:
+        watch = str(self.config.train.get("preemption_watch", "auto")).lower()
+        if watch not in ("auto", "gce", "none"):
+            raise UserError(f"train.preemption_watch must be auto, gce or none, got {watch!r}")
+        if watch == "gce" or (watch == "auto" and self.info.kind == "tpu"):
+            if not stop.watch_maintenance_events() and watch == "gce":
+                logging.warning("train.preemption_watch=gce: the GCE metadata server does not answer; "
+                                "stopping on SIGTERM / SIGINT only")
+
+    def _train_steps(self, start: int, summaries: Summaries, progress: Progress, stop: preemption.StopRequest, *,
+                     eval_every_epochs: int | None) -> TrainResult:
+        """The training loop proper: steps, logs, evals and checkpoints until the end, a time budget or a stop
+        request (which saves a checkpoint of the step reached and raises preemption.Preempted)."""
+        train = self.config.train
         step = start
         max_seconds = float(train.max_seconds) if train.get("max_seconds") is not None else None
         began_training = time.monotonic()
         out_of_time = False
         last_checkpoint = self._resume_from
+        saved_step = start if self._resume_from else -1
+        timed_steps, timed_seconds = 0, 0.0
         eval_metrics: dict[str, float] | None = None
         window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
         train_metrics: dict[str, float] = {}
         first_call = True
-        try:
-            while step < self.total_steps and not out_of_time:
-                stop = self._next_stop(step)
-                if self.profile and step == self.profile[0]:
-                    summaries.start_profiler()
-                began = time.monotonic()
-                self._train_loop(self._train_iterator, tf.constant(stop - step, tf.int32))
-                loss_sum, correct, count = (float(x) for x in self._take_sums().numpy())
-                seconds = time.monotonic() - began
-                if not math.isfinite(loss_sum):
-                    raise NonFiniteLossError(
-                        f"the training loss became {loss_sum} between steps {step} and {stop}; "
-                        f"stopped without saving, the last good checkpoint is {last_checkpoint or 'none'} "
-                        "(lower train.base_learning_rate or add train.gradient_clip_norm)"
-                    )
-                steps_done = stop - step
-                step = stop
-                if self.profile and step == self.profile[1]:
-                    summaries.stop_profiler()
-                window["loss"] += loss_sum
-                window["correct"] += correct
-                window["count"] += count
-                if not first_call:  # the first call includes tracing and compilation
-                    window["steps"] += steps_done
-                    window["seconds"] += seconds
-                # A new fine-tuning phase traces a new step function: its first call is not timed either.
-                first_call = step < self.total_steps and self._set_phase(step, summaries, progress)
-                train_metrics = {
-                    "loss": window["loss"] / max(window["count"], 1.0),
-                    "top1": window["correct"] / max(window["count"], 1.0),
-                    "learning_rate": float(self.schedule(step - 1)),
-                }
-                if window["steps"]:
-                    train_metrics["images_per_second"] = window["steps"] * self.global_batch / window["seconds"]
-                    train_metrics["step_time_seconds"] = window["seconds"] / window["steps"]
-                epoch = step / self.steps_per_epoch
-                progress.update(step, epoch, train_metrics)
-                if step % int(train.log_every_steps) == 0 or step == self.total_steps:
-                    summaries.scalars(step, train_metrics)
-                    window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
-                epoch_end = step % self.steps_per_epoch == 0
-                out_of_time = max_seconds is not None and time.monotonic() - began_training >= max_seconds
-                if out_of_time and step < self.total_steps:
-                    progress.message(f"train.max_seconds={max_seconds:g} reached at step {step} of "
-                                     f"{self.total_steps}: stopping here (rerun with a larger budget to go on)")
-                finished = step == self.total_steps or out_of_time
-                if eval_every_epochs and self.eval_dataset_fn is not None and (
-                    finished or (epoch_end and round(epoch) % int(eval_every_epochs) == 0)
-                ):
-                    eval_metrics = self.evaluate()
-                    # Wall time of this invocation so far (training + evals): time-to-accuracy curves.
-                    eval_metrics["wall_seconds"] = time.monotonic() - began_training
+        stopping = stop.requested and self.info.num_workers == 1  # a signal during set-up
+        while step < self.total_steps and not out_of_time and not stopping:
+            stop_at = self._next_stop(step)
+            if self.profile and step == self.profile[0]:
+                summaries.start_profiler()
+            began = time.monotonic()
+            self._train_loop(self._train_iterator, tf.constant(stop_at - step, tf.int32))
+            sums = self._take_sums(tf.constant(1.0 if stop.requested else 0.0)).numpy()
+            loss_sum, correct, count, stop_votes = (float(x) for x in sums)
+            seconds = time.monotonic() - began
+            if stop_votes > 0:
+                stop.request("a stop request on another worker")
+                stopping = True
+            if not math.isfinite(loss_sum):
+                raise NonFiniteLossError(
+                    f"the training loss became {loss_sum} between steps {step} and {stop_at}; "
+                    f"stopped without saving, the last good checkpoint is {last_checkpoint or 'none'} "
+                    "(lower train.base_learning_rate or add train.gradient_clip_norm)"
+                )
+            steps_done = stop_at - step
+            step = stop_at
+            if self.profile and step == self.profile[1]:
+                summaries.stop_profiler()
+            window["loss"] += loss_sum
+            window["correct"] += correct
+            window["count"] += count
+            if not first_call:  # the first call includes tracing and compilation
+                window["steps"] += steps_done
+                window["seconds"] += seconds
+                timed_steps += steps_done
+                timed_seconds += seconds
+            # A new fine-tuning phase traces a new step function: its first call is not timed either.
+            first_call = step < self.total_steps and not stopping and self._set_phase(step, summaries, progress)
+            train_metrics = {
+                "loss": window["loss"] / max(window["count"], 1.0),
+                "top1": window["correct"] / max(window["count"], 1.0),
+                "learning_rate": float(self.schedule(step - 1)),
+            }
+            if window["steps"]:
+                train_metrics["images_per_second"] = window["steps"] * self.global_batch / window["seconds"]
+                train_metrics["step_time_seconds"] = window["seconds"] / window["steps"]
+            epoch = step / self.steps_per_epoch
+            progress.update(step, epoch, train_metrics)
+            if step % int(train.log_every_steps) == 0 or step == self.total_steps:
+                summaries.scalars(step, train_metrics)
+                window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
+            epoch_end = step % self.steps_per_epoch == 0
+            out_of_time = max_seconds is not None and time.monotonic() - began_training >= max_seconds
+            if out_of_time and step < self.total_steps:
+                progress.message(f"train.max_seconds={max_seconds:g} reached at step {step} of "
+                                 f"{self.total_steps}: stopping here (rerun with a larger budget to go on)")
+            finished = step == self.total_steps or out_of_time
+            if not stopping and eval_every_epochs and self.eval_dataset_fn is not None and (
+                finished or (epoch_end and round(epoch) % int(eval_every_epochs) == 0)
+            ):
+                eval_metrics = self.evaluate()
+                # Wall time of this invocation so far (training + evals): time-to-accuracy curves.
+                eval_metrics["wall_seconds"] = time.monotonic() - began_training
+                try:
                     self._report_eval(summaries, step, eval_metrics, progress)
+                except (tf.errors.OpError, OSError) as error:
+                    raise self._write_error(error, last_checkpoint, f"the eval results into {self.run.path}") from None
+                try:
                     if self._keeper.maybe_save_best(eval_metrics):
                         progress.message(f"New best top-1 {100 * eval_metrics['top1']:.2f}% at step {step}")
-                if finished or epoch_end or step % int(train.checkpoint_every_steps) == 0:
-                    saved = self._save()
-                    last_checkpoint = saved or last_checkpoint
-        finally:
-            summaries.close()
+                except (tf.errors.OpError, OSError) as error:
+                    raise self._write_error(error, last_checkpoint) from None
+            if finished or epoch_end or stopping or step % int(train.checkpoint_every_steps) == 0:
+                saved = self._save(last_checkpoint)
+                last_checkpoint = saved or last_checkpoint
+                saved_step = step
+        # Several workers act only on the agreed vote (a save needs all of them); one acts on its own flag.
+        if (stopping or (stop.requested and self.info.num_workers == 1)) and step < self.total_steps:
+            if saved_step != step and step > 0:  # asked to stop before any step ran in this invocation
+                last_checkpoint = self._save(last_checkpoint)
+            raise preemption.Preempted(step, last_checkpoint if step > 0 else None, stop.reason or "a stop request")
         if start >= self.total_steps:
             logging.info("Already trained to step %d (train_steps=%d); nothing to do", start, self.total_steps)
         best = tf.train.latest_checkpoint(self.run.best_dir)
-        return TrainResult(step, train_metrics, eval_metrics, self._keeper.latest, best, self._resume_from)
+        return TrainResult(step, train_metrics, eval_metrics, self._keeper.latest, best, self._resume_from,
+                           timed_steps, timed_seconds)
 
     def time_steps(self, num_steps: int, *, warmup_steps: int = 2) -> float:
         """Seconds for `num_steps` training steps in one call, after a warmup call (benchmarks).
@@ -499,10 +602,10 @@ class Trainer:
         if self._train_iterator is None:
             self._train_iterator, _ = self._make_train_iterator()
         self._train_loop(self._train_iterator, tf.constant(max(1, warmup_steps), tf.int32))
-        self._take_sums().numpy()
+        self._take_sums(tf.constant(0.0)).numpy()
         began = time.perf_counter()
         self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
-        self._take_sums().numpy()  # waits for the steps to finish
+        self._take_sums(tf.constant(0.0)).numpy()  # waits for the steps to finish
         return time.perf_counter() - began
 
     def _report_eval(self, summaries: Summaries, step: int, metrics: dict[str, float], progress: Progress) -> None:

@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.training.optimizers import RMSpropTF
 
 LR_SCHEDULES = ("exponential", "cosine", "constant")
 
@@ -99,7 +100,7 @@ def build_schedule(train_config: Any, steps_per_epoch: int, total_steps: int) ->
     )
 
 
-OPTIMIZERS = ("rmsprop", "momentum", "adam", "adamw")
+OPTIMIZERS = ("rmsprop", "rmsprop_keras", "momentum", "adam", "adamw")
 
 
 def build_optimizer(
@@ -110,16 +111,19 @@ def build_optimizer(
 ) -> keras.optimizers.Optimizer:
     """The optimizer of a config's `train` section; wrapped for dynamic loss scaling when asked.
 
-    rmsprop is the reference's (rho 0.9, momentum 0.9, epsilon 1e-3 inside the square root, as
-    Keras 3 computes it); the others exist for short-schedule experiments.
+    rmsprop is the reference's: TF1's RMSPropOptimizer (rho 0.9, momentum 0.9, epsilon 1e-3 inside
+    the square root, mean square starting at 1; optimizers.RMSpropTF); rmsprop_keras is Keras 3's
+    RMSprop, the same but with the mean square starting at 0. The others exist for short-schedule
+    experiments.
     """
     name = str(train_config.optimizer).lower()
     clip = train_config.gradient_clip_norm
     common: dict[str, Any] = {"learning_rate": learning_rate}
     if clip:
         common["global_clipnorm"] = float(clip)
-    if name == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(
+    if name in ("rmsprop", "rmsprop_keras"):
+        rmsprop = RMSpropTF if name == "rmsprop" else keras.optimizers.RMSprop
+        optimizer = rmsprop(
             rho=train_config.rmsprop_rho, momentum=train_config.momentum, epsilon=train_config.epsilon, **common
         )
     elif name == "momentum":

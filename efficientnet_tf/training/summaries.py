@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 import numpy as np
@@ -51,43 +52,59 @@ class Summaries:
                 self.train_writer = tf.summary.create_file_writer(os.path.join(root, "train"))
         self._profiling = False
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Event files that cannot be written (full disk, read-only directory) cost the logs, not the run:
+        one warning, then no more summaries. Checkpoint writes report the same fault as an error."""
+        try:
+            yield
+        except (tf.errors.OpError, OSError) as error:
+            if self.enabled:
+                logging.warning("TensorBoard logs in %s cannot be written (%s); training goes on without them",
+                                self.root, str(getattr(error, "message", error)).strip().splitlines()[0][:200])
+            self.enabled = False
+
     def scalars(self, step: int, values: Mapping[str, float], *, eval: bool = False) -> None:
         """Write scalars at a step to the train or eval writer."""
         if not self.enabled:
             return
-        writer = self.eval_writer if eval else self.train_writer
-        with writer.as_default(step=step):
-            for name, value in values.items():
-                tf.summary.scalar(name, float(value))
-        writer.flush()
+        with self._writing():
+            writer = self.eval_writer if eval else self.train_writer
+            with writer.as_default(step=step):
+                for name, value in values.items():
+                    tf.summary.scalar(name, float(value))
+            writer.flush()
 
     def text(self, step: int, name: str, text: str) -> None:
         """Write a text summary (TensorBoard's Text tab)."""
         if not self.enabled:
             return
-        with self.train_writer.as_default(step=step):
-            tf.summary.text(name, text)
-        self.train_writer.flush()
+        with self._writing():
+            with self.train_writer.as_default(step=step):
+                tf.summary.text(name, text)
+            self.train_writer.flush()
 
     def images(self, step: int, name: str, images: np.ndarray | tf.Tensor) -> None:
         """Write a grid of 0..255 images."""
         if not self.enabled:
             return
-        with self.train_writer.as_default(step=step):
-            tf.summary.image(name, image_grid(images), max_outputs=1)
-        self.train_writer.flush()
+        with self._writing():
+            with self.train_writer.as_default(step=step):
+                tf.summary.image(name, image_grid(images), max_outputs=1)
+            self.train_writer.flush()
 
     def hparams(self, config: Mapping[str, Any], metrics: Mapping[str, float] | None = None) -> None:
         """Record the resolved config (flattened) in TensorBoard's HParams dashboard."""
         if not self.enabled:
             return
-        from tensorboard.plugins.hparams import api as hp
+        with self._writing():
+            from tensorboard.plugins.hparams import api as hp
 
-        flat = {key: _hparam_value(value) for key, value in config.items()}
-        with self.train_writer.as_default(step=0):
-            hp.hparams(flat)
-            tf.summary.text("config", "\n".join(f"    {k}: {v}" for k, v in flat.items()), step=0)
-        self.train_writer.flush()
+            flat = {key: _hparam_value(value) for key, value in config.items()}
+            with self.train_writer.as_default(step=0):
+                hp.hparams(flat)
+                tf.summary.text("config", "\n".join(f"    {k}: {v}" for k, v in flat.items()), step=0)
+            self.train_writer.flush()
 
     def start_profiler(self) -> None:
         """Start a profiler trace into the logs directory."""
@@ -104,8 +121,10 @@ class Summaries:
     def close(self) -> None:
         """Flush and close the writers."""
         self.stop_profiler()
-        self.train_writer.close()
-        self.eval_writer.close()
+        with self._writing():
+            self.train_writer.close()
+        with self._writing():
+            self.eval_writer.close()
 
 
 def format_duration(seconds: float) -> str:

@@ -1,0 +1,156 @@
+"""Stop requests for preemptible training: SIGTERM / SIGINT, and Google Compute Engine maintenance events.
+
+    with preemption.handle_signals() as stop:
+        ... run steps ...; if stop.requested: save a checkpoint and raise Preempted
+
+A signal only sets a flag: the step in flight finishes, the training loop saves a checkpoint of exactly
+that step and ends with `Preempted` (the command line turns it into one line and exit status 75). Signals
+that arrive while the checkpoint is written are noted and ignored, so a second Ctrl-C or a scheduler's
+repeated SIGTERM cannot cut a save in half. Under several workers the flag is summed across workers by
+the all-reduce the loop already does after each step, so every worker stops at the same step.
+
+On Cloud TPU VMs and GCE instances, a thread can also watch the metadata server's maintenance event
+(`instance/maintenance-event` becoming TERMINATE_ON_HOST_MAINTENANCE, or `instance/preempted` TRUE),
+which announces a host's shutdown before any signal: `train.preemption_watch: gce` (or `auto`, which
+turns it on for TPU strategies when the metadata server answers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+from absl import logging
+
+from efficientnet_tf.errors import EXIT_PREEMPTED  # noqa: F401 - re-exported for efficientnet_tf.training
+
+METADATA_URL_ENV = "EFFICIENTNET_TF_GCE_METADATA_URL"  # tests point it at a local server
+METADATA_URL = "http://metadata.google.internal/computeMetadata/v1/instance/"
+
+
+class Preempted(Exception):
+    """Training stopped on a signal or maintenance event after saving a checkpoint of its last step."""
+
+    def __init__(self, step: int, checkpoint: str | None, reason: str):
+        self.step, self.checkpoint, self.reason = step, checkpoint, reason
+        where = f"checkpoint {checkpoint} saved" if checkpoint else "no checkpoint needed (nothing trained yet)"
+        super().__init__(f"stopped by {reason} at step {step}: {where}; run the same command again to resume")
+
+
+class StopRequest:
+    """A flag set by SIGTERM / SIGINT (or a maintenance event) and read by the training loop."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.signals = 0
+        self._previous: dict[int, object] = {}
+        self._depth = 0
+        self._watcher: threading.Thread | None = None
+        self._done = threading.Event()
+
+    @property
+    def requested(self) -> bool:
+        return self.reason is not None
+
+    def request(self, reason: str) -> None:
+        """Ask the training loop to stop after its current step (first reason wins)."""
+        if self.reason is None:
+            self.reason = reason
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signals += 1
+        name = signal.Signals(signum).name
+        # Handlers run in the main thread between bytecodes; logging's handler lock is re-entrant there.
+        if self.reason is None:
+            self.reason = name
+            logging.warning("%s received: finishing the current step and saving a checkpoint, then stopping", name)
+        else:
+            logging.warning("%s received again: already stopping; the checkpoint is being written, please wait", name)
+
+    def install(self) -> bool:
+        """Handle SIGTERM and SIGINT (main thread only); False when signals cannot be handled here."""
+        self._depth += 1
+        if self._depth > 1:
+            return True
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        return True
+
+    def uninstall(self) -> None:
+        """Put back the previous handlers once the outermost user is done."""
+        self._depth = max(0, self._depth - 1)
+        if self._depth:
+            return
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)  # type: ignore[arg-type]
+        self._previous.clear()
+        self._done.set()
+        self._watcher = None
+
+    def watch_maintenance_events(self, base_url: str | None = None, poll_seconds: float = 5.0) -> bool:
+        """Poll the GCE metadata server in a thread; False (nothing started) when it does not answer."""
+        base = base_url or os.environ.get(METADATA_URL_ENV) or METADATA_URL
+        if _metadata(base, "maintenance-event") is None:
+            return False
+        if self._watcher is not None:
+            return True
+        self._done.clear()
+
+        def watch() -> None:
+            while not self._done.wait(poll_seconds):
+                event = _metadata(base, "maintenance-event")
+                if event == "TERMINATE_ON_HOST_MAINTENANCE":
+                    self.request("a host maintenance event")
+                elif (_metadata(base, "preempted") or "").upper() == "TRUE":
+                    self.request("preemption of this VM")
+                if self.requested:
+                    logging.warning("%s: finishing the current step and saving a checkpoint, then stopping",
+                                    self.reason)
+                    return
+
+        self._watcher = threading.Thread(target=watch, name="maintenance-event-watcher", daemon=True)
+        self._watcher.start()
+        logging.info("Watching %s for maintenance events", base)
+        return True
+
+
+def _metadata(base: str, key: str) -> str | None:
+    request = urllib.request.Request(base.rstrip("/") + "/" + key, headers={"Metadata-Flavor": "Google"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.read().decode("utf-8", "replace").strip()
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+_CURRENT = StopRequest()
+
+
+def current() -> StopRequest:
+    """The process's stop request (one per process: signals are per process)."""
+    return _CURRENT
+
+
+@contextlib.contextmanager
+def handle_signals() -> Iterator[StopRequest]:
+    """SIGTERM / SIGINT set the process's stop request inside this block (nested blocks share it)."""
+    stop = current()
+    stop.install()
+    try:
+        yield stop
+    finally:
+        stop.uninstall()
+
+
+def reset() -> None:
+    """Forget an earlier request (a new training in the same process, e.g. the next arm of a study)."""
+    global _CURRENT
+    if _CURRENT._depth == 0:
+        _CURRENT = StopRequest()

@@ -1,0 +1,100 @@
+"""Progressive learning (EfficientNetV2, Tan & Le 2021): train in stages of growing image size and regularisation.
+
+    schedule = ProgressiveSchedule.from_config(config, steps_per_epoch, total_steps)   # None when off
+    stage = schedule.stage_at(step)        # image size, RandAugment magnitude, mixup / cutmix, dropout
+
+Training is split into `train.progressive.stages` stages of equal length. The first stage uses the
+`*_start` values, the last one the run's own (model.image_size, data.randaug_magnitude, data.mixup_alpha,
+data.cutmix_alpha, model.dropout_rate), the stages between are spaced linearly; image sizes are rounded
+to `image_size_step` pixels. Evaluation always runs at model.image_size, the size the model is for.
+Small images early make the early epochs cheap; weak regularisation while the images are small, and
+stronger regularisation once they are large, keeps accuracy (the paper's observation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from efficientnet_tf.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage: its step range [start_step, end_step) and the input and regularisation it trains with."""
+
+    index: int
+    start_step: int
+    end_step: int
+    image_size: int
+    randaug_magnitude: float
+    mixup_alpha: float
+    cutmix_alpha: float
+    dropout_rate: float
+
+    def describe(self, count: int) -> str:
+        return (f"stage {self.index + 1} of {count} (steps {self.start_step}-{self.end_step}): {self.image_size} px, "
+                f"RandAugment magnitude {self.randaug_magnitude:g}, mixup {self.mixup_alpha:g}, "
+                f"cutmix {self.cutmix_alpha:g}, dropout {self.dropout_rate:g}")
+
+
+def _round_size(pixels: float, step: int) -> int:
+    return max(step, int(round(pixels / step)) * step)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressiveSchedule:
+    """The stages of a progressive run."""
+
+    stages: tuple[Stage, ...]
+
+    @classmethod
+    def from_config(cls, config: Any, total_steps: int) -> ProgressiveSchedule | None:
+        """The schedule of a resolved config, or None when train.progressive.stages is 0."""
+        spec = config.train.get("progressive")
+        if spec is None or int(spec.stages) == 0:
+            return None
+        count = int(spec.stages)
+        if count < 2:
+            raise UserError(f"train.progressive.stages must be 0 (off) or at least 2, got {count}")
+        if count > total_steps:
+            raise UserError(f"train.progressive.stages={count} is more than the {total_steps} training steps")
+        step = int(spec.image_size_step)
+        if step < 1:
+            raise UserError(f"train.progressive.image_size_step must be at least 1, got {step}")
+        final_size = int(config.model.image_size)
+        start_size = int(spec.image_size_start) if spec.image_size_start is not None else _round_size(final_size / 2, step)
+        if not 0 < start_size <= final_size:
+            raise UserError(f"train.progressive.image_size_start must be between 1 and model.image_size "
+                            f"({final_size}), got {start_size}")
+        d = config.data
+        ends = {
+            "randaug_magnitude": (float(spec.randaug_magnitude_start), float(d.randaug_magnitude)),
+            "mixup_alpha": (float(spec.mixup_alpha_start), float(d.mixup_alpha)),
+            "cutmix_alpha": (float(spec.cutmix_alpha_start), float(d.cutmix_alpha)),
+            "dropout_rate": (float(spec.dropout_rate_start), float(config.model.dropout_rate)),
+        }
+        for key, (first, _) in ends.items():
+            if first < 0 or (key == "dropout_rate" and first >= 1):
+                raise UserError(f"train.progressive.{key}_start must be >= 0" + (" and < 1" if key == "dropout_rate"
+                                                                                   else "") + f", got {first}")
+        stages = []
+        for i in range(count):
+            t = i / (count - 1)
+            size = final_size if i == count - 1 else _round_size(start_size + t * (final_size - start_size), step)
+            values = {k: a + t * (b - a) for k, (a, b) in ends.items()}
+            stages.append(Stage(i, total_steps * i // count, total_steps * (i + 1) // count, min(size, final_size),
+                                **values))
+        return cls(tuple(stages))
+
+    def stage_at(self, step: int) -> Stage:
+        """The stage that trains step `step` (the last one from its start on)."""
+        for stage in self.stages:
+            if step < stage.end_step:
+                return stage
+        return self.stages[-1]
+
+    def next_change(self, step: int) -> int | None:
+        """The first step of the next stage after `step`, or None in the last stage."""
+        stage = self.stage_at(step)
+        return None if stage.index == len(self.stages) - 1 else stage.end_step
