@@ -1,21 +1,27 @@
 """Training images/second: our EfficientNet-B0 training step vs keras.applications EfficientNetB0.
 
-    python benchmarks/train_throughput.py [--resolutions 64,128,224] [--batch_size 32] [--steps 8]
+    python benchmarks/train_throughput.py [--resolutions 128,224] [--batch_size 32] [--windows 7]
+                                          [--steps 3] [--precision float32|mixed_bfloat16]
 
 Same process, same synthetic batch, same batch size and resolution, same optimizer (the
 reference RMSProp with the same learning-rate schedule) and loss (label-smoothed cross-entropy
-on logits). Ours runs `efficientnet_tf.training.Trainer`'s compiled loop, which also does the L2
-weight decay, the EMA update of weights and batch-norm statistics and the top-1 count; Keras
-runs `Model.fit` (steps_per_execution = our steps per loop). XLA is off for both on CPU
-(`jit_compile=False`; it is ~8x slower there) and on for both on GPU/TPU. The two are measured
-alternately, `--repeats` times each, and the best time of each is kept to damp the noise of a
-shared machine. Prints images/s per resolution and the ratio ours / keras.
+on logits). Ours runs `efficientnet_tf.training.Trainer`'s compiled loop, whose step also does
+the L2 weight decay, the EMA update of weights and batch-norm statistics and the loss / top-1
+sums; Keras runs the compiled `Model.train_function` that `Model.fit` calls each step (loss
+tracker included, steps_per_execution = our steps per loop). XLA is off for both on CPU
+(`jit_compile=False`; it is ~8x slower there) and on for both on GPU/TPU.
+
+The two are timed in alternating windows of `--steps` steps (which one goes first alternates
+too), `--windows` windows each, so that a shared machine's load changes hit both alike. Prints
+every window, the median images/s of each, the ratio of the medians and the median of the
+per-window ratios (ours / keras).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +33,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 NUM_CLASSES = 1000
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 def _config(resolution: int, batch_size: int, steps: int):
@@ -48,8 +55,8 @@ def _batch(resolution: int, batch_size: int):
     return images, labels
 
 
-def measure(resolution: int, batch_size: int, steps: int, warmup: int, repeats: int) -> dict[str, float]:
-    """Best-of-`repeats` images/s for ours and for keras.applications at one resolution."""
+def measure(resolution: int, batch_size: int, steps: int, windows: int) -> dict[str, list[float]]:
+    """Images/s of ours and of keras.applications in `windows` alternating windows of `steps` steps."""
     import keras
     import tensorflow as tf
 
@@ -64,7 +71,6 @@ def measure(resolution: int, batch_size: int, steps: int, warmup: int, repeats: 
 
     with tempfile.TemporaryDirectory() as model_dir:
         ours = training.Trainer(config, info, model_dir, train_dataset_fn=dataset_fn)
-        steps_per_loop = ours.steps_per_loop
         with info.strategy.scope():
             reference = keras.applications.EfficientNetB0(
                 weights=None, input_shape=(resolution, resolution, 3), classes=NUM_CLASSES,
@@ -73,47 +79,74 @@ def measure(resolution: int, batch_size: int, steps: int, warmup: int, repeats: 
             schedule = training.build_schedule(config.train, int(config.train.steps_per_epoch),
                                                int(config.train.train_steps))
             reference.compile(
-                optimizer=training.build_optimizer(config.train, schedule),
+                optimizer=training.build_optimizer(
+                    config.train, schedule, loss_scaling=keras.mixed_precision.global_policy().name == "mixed_float16"),
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
                 jit_compile=ours.jit_compile,
-                steps_per_execution=steps_per_loop,
+                steps_per_execution=ours.steps_per_loop,
             )
-        keras_data = dataset_fn()
-        reference.fit(keras_data, epochs=1, steps_per_epoch=max(warmup, steps_per_loop), verbose=0, shuffle=False)
+        reference.fit(dataset_fn(), epochs=1, steps_per_epoch=2 * ours.steps_per_loop, verbose=0, shuffle=False)
+        train_function = reference.make_train_function()
+        keras_iterator = iter(info.strategy.experimental_distribute_dataset(dataset_fn()))
+        keras_calls = max(1, steps // ours.steps_per_loop)
 
-        ours_best = keras_best = float("inf")
-        for _ in range(repeats):
-            ours_best = min(ours_best, ours.time_steps(steps, warmup_steps=warmup))
+        def time_ours() -> float:
+            return steps * batch_size / ours.time_steps(steps, warmup_steps=0)
+
+        def time_keras() -> float:
             began = time.perf_counter()
-            reference.fit(keras_data, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
-            keras_best = min(keras_best, time.perf_counter() - began)
-    images_per_step = steps * batch_size
-    return {"ours": images_per_step / ours_best, "keras": images_per_step / keras_best}
+            for _ in range(keras_calls):
+                logs = train_function(keras_iterator)
+            tf.nest.map_structure(lambda t: t.numpy(), logs.get_value())  # waits for the steps to finish
+            return keras_calls * ours.steps_per_loop * batch_size / (time.perf_counter() - began)
+
+        ours.time_steps(1, warmup_steps=1)  # traces the loop
+        time_keras()
+        result: dict[str, list[float]] = {"ours": [], "keras": []}
+        for window in range(windows):
+            order = (("ours", time_ours), ("keras", time_keras))
+            for name, timer in order if window % 2 == 0 else reversed(order):
+                result[name].append(timer())
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the comparison and print a table."""
+    """Run the comparison and print every window, the medians and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--resolutions", default="64,128,224", help="comma-separated image sizes")
+    parser.add_argument("--resolutions", default="128,224", help="comma-separated image sizes")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating measurements per model")
+    parser.add_argument("--steps", type=int, default=3, help="steps per timing window")
+    parser.add_argument("--windows", type=int, default=7, help="alternating timing windows per model (at least 5)")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS, help="Keras dtype policy of both models")
     args = parser.parse_args(argv)
+    if args.windows < 5:
+        parser.error("--windows must be at least 5")
 
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(args.precision)
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    print(f"Training throughput, EfficientNet-B0, batch {args.batch_size}, {args.steps} timed steps, "
-          f"best of {args.repeats}, {device} ({os.cpu_count()} cores), TF {tf.__version__}, Keras {keras.__version__}")
-    print(f"{'resolution':>10} {'ours img/s':>11} {'keras img/s':>12} {'ratio':>6}")
+    print(f"Training throughput, EfficientNet-B0, batch {args.batch_size}, {args.precision}, {args.windows} "
+          f"alternating windows of {args.steps} steps, {device} ({os.cpu_count()} cores), TF {tf.__version__}, "
+          f"Keras {keras.__version__}")
+    rows = []
     for resolution in (int(r) for r in args.resolutions.split(",")):
-        result = measure(resolution, args.batch_size, args.steps, args.warmup, args.repeats)
-        ratio = result["ours"] / result["keras"]
-        print(f"{resolution:>10} {result['ours']:>11.2f} {result['keras']:>12.2f} {ratio:>6.2f}", flush=True)
+        result = measure(resolution, args.batch_size, args.steps, args.windows)
+        pairs = [o / k for o, k in zip(result["ours"], result["keras"])]
+        ours, ref = statistics.median(result["ours"]), statistics.median(result["keras"])
+        print(f"{resolution} px windows, ours img/s:  " + " ".join(f"{x:.2f}" for x in result["ours"]))
+        print(f"{resolution} px windows, keras img/s: " + " ".join(f"{x:.2f}" for x in result["keras"]))
+        print(f"{resolution} px windows, ours/keras:  " + " ".join(f"{x:.2f}" for x in pairs), flush=True)
+        rows.append((resolution, ours, ref, ours / ref, statistics.median(pairs), min(pairs), max(pairs)))
         keras.backend.clear_session()
+    print()
+    print("| resolution | ours img/s (median) | keras img/s (median) | ratio of medians | median window ratio "
+          "| window ratios min–max |")
+    print("|---|---|---|---|---|---|")
+    for resolution, ours, ref, ratio, median_pair, low, high in rows:
+        print(f"| {resolution} | {ours:.2f} | {ref:.2f} | {ratio:.2f} | {median_pair:.2f} | {low:.2f}–{high:.2f} |")
     return 0
 
 

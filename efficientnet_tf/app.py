@@ -148,13 +148,18 @@ def dataset_functions(config: Any, source: Any) -> tuple[Any, Any]:
     # data.augment_on_device: the train step augments and mixes; the host only decodes, crops, flips, resizes.
     on_host = not d.augment_on_device
 
-    def train_fn(context: Any) -> Any:
+    def train_fn(context: Any, stage: Any = None) -> Any:
+        """`stage` (a training.progressive.Stage) overrides the image size and the augmentation strength."""
+        size_now = stage.image_size if stage is not None else size
+        magnitude = stage.randaug_magnitude if stage is not None else float(d.randaug_magnitude)
+        mixup = stage.mixup_alpha if stage is not None else float(d.mixup_alpha)
+        cutmix = stage.cutmix_alpha if stage is not None else float(d.cutmix_alpha)
         return data.build_train_dataset(
-            source, image_size=size, batch_size=context.get_per_replica_batch_size(batch),
+            source, image_size=size_now, batch_size=context.get_per_replica_batch_size(batch),
             resize_method=d.resize_method, augment=d.augment if on_host else "none",
-            randaug_num_layers=int(d.randaug_num_layers), randaug_magnitude=float(d.randaug_magnitude),
-            mixup_alpha=float(d.mixup_alpha) if on_host else 0.0,
-            cutmix_alpha=float(d.cutmix_alpha) if on_host else 0.0, min_crop_area=float(d.min_crop_area), seed=config.train.seed,
+            randaug_num_layers=int(d.randaug_num_layers), randaug_magnitude=magnitude,
+            mixup_alpha=mixup if on_host else 0.0, cutmix_alpha=cutmix if on_host else 0.0,
+            min_crop_area=float(d.min_crop_area), seed=config.train.seed,
             deterministic=bool(config.train.deterministic), cache=bool(d.cache), input_context=context,
         )
 

@@ -1,4 +1,4 @@
-"""Keras 3 layers of EfficientNet: drop-connect and the MBConv block with squeeze-excite."""
+"""Keras 3 layers of EfficientNet: drop-connect, fused batch norm and the MBConv block with squeeze-excite."""
 
 from __future__ import annotations
 
@@ -73,6 +73,120 @@ class DropConnect(layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable("efficientnet_tf")
+def swish(x):
+    """x·sigmoid(x) whose gradient reuses the forward sigmoid (values equal tf.nn.silu's).
+
+    tf.nn.silu recomputes the sigmoid in its gradient and spends six elementwise passes over the
+    activation there (tensorflow/python/ops/nn_impl.py, to save memory); keeping σ costs one
+    tensor and leaves four: dy·σ + x·SigmoidGrad(σ, dy).
+    """
+    if keras.backend.backend() != "tensorflow":
+        return keras.activations.silu(x)
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def forward(features):
+        sigmoid = tf.sigmoid(features)
+
+        def grad(dy):
+            return dy * sigmoid + features * tf.raw_ops.SigmoidGrad(y=sigmoid, dy=dy)
+
+        return features * sigmoid, grad
+
+    return forward(tf.convert_to_tensor(x))
+
+
+def activation_fn(name: str):
+    """The activation for a variant's name: our swish for "swish", Keras' own otherwise."""
+    return swish if name == "swish" else name
+
+
+# cuDNN refuses smaller epsilons in its fused kernel (CUDNN_BN_MIN_EPSILON); such layers use Keras' ops.
+_FUSED_MIN_EPSILON = 1.001e-5
+
+
+@keras.saving.register_keras_serializable("efficientnet_tf")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """keras.layers.BatchNormalization computed by TensorFlow's fused kernel (FusedBatchNormV3).
+
+    Keras 3 on the TensorFlow backend normalises with separate moments, subtract, scale and shift
+    ops (and as many more in the gradient); the fused kernel does each direction in one op and
+    Grappler folds it into the preceding convolution at inference. Same variables and names,
+    the same momentum convention (moving = moving·momentum + batch·(1 − momentum), with the
+    biased batch variance as Keras uses) and the same outputs to float rounding. Float16 and
+    bfloat16 inputs are normalised with float32 statistics, as Keras does. Anything the fused
+    kernel cannot do (masks, renorm, synchronized, other ranks or axes) falls back to Keras.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and self.scale
+            and self.center
+            and self.epsilon >= _FUSED_MIN_EPSILON
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and keras.backend.standardize_dtype(inputs.dtype) in ("float32", "float16", "bfloat16")
+            and keras.backend.standardize_dtype(self.gamma.dtype) == "float32"
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        gamma = ops.convert_to_tensor(self.gamma)
+        beta = ops.convert_to_tensor(self.beta)
+        if training and self.trainable:
+            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
+            )
+            # The kernel returns the Bessel-corrected batch variance n/(n-1)·var (n/n for n = 1);
+            # Keras' moving variance averages the biased one.
+            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
+            variance = variance * (tf.maximum(count - 1.0, 1.0) / tf.maximum(count, 1.0))
+            mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
+            moving_mean = ops.cast(self.moving_mean, "float32")
+            moving_variance = ops.cast(self.moving_variance, "float32")
+            self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        else:
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, mean=ops.convert_to_tensor(self.moving_mean),
+                variance=ops.convert_to_tensor(self.moving_variance), epsilon=self.epsilon, data_format="NHWC",
+                is_training=False,
+            )
+        return ops.cast(outputs, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable("efficientnet_tf")
+class SqueezeExciteConv(layers.Conv2D):
+    """The 1x1 Conv2D of squeeze-excite, run as a matmul on the pooled [N, C] vector.
+
+    A convolution over a 1x1 map costs far more than the matmul it amounts to (and so does its
+    gradient). The kernel keeps Conv2D's [1, 1, in, out] shape and name, so weights move to and
+    from keras.applications unchanged; inputs that are not [N, 1, 1, C] take Conv2D's path.
+    """
+
+    def call(self, inputs):
+        if not (
+            inputs.shape[1] == 1 and inputs.shape[2] == 1 and tuple(self.kernel_size) == (1, 1)
+            and self.data_format == "channels_last" and self.groups == 1
+        ):
+            return super().call(inputs)
+        channels = inputs.shape[-1]
+        outputs = ops.matmul(ops.reshape(inputs, (-1, channels)), ops.reshape(self.kernel, (channels, self.filters)))
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return ops.reshape(outputs, (-1, 1, 1, self.filters))
+
+
 def conv_bn_act(
     x,
     filters: int,
@@ -94,9 +208,9 @@ def conv_bn_act(
         kernel_initializer=ConvKernelInitializer(),
         name=name + conv_name,
     )(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + bn_name)(x)
+    x = FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + bn_name)(x)
     if activation:
-        x = layers.Activation(activation, name=name + act_name)(x)
+        x = layers.Activation(activation_fn(activation), name=name + act_name)(x)
     return x
 
 
@@ -130,17 +244,18 @@ def mbconv_block(
         depthwise_initializer=ConvKernelInitializer(),
         name=name + "dwconv",
     )(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + "bn")(x)
-    x = layers.Activation(activation, name=name + "activation")(x)
+    x = FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + "bn")(x)
+    x = layers.Activation(activation_fn(activation), name=name + "activation")(x)
 
     if 0 < se_ratio <= 1:
         # The squeeze width comes from the block's INPUT channels, not the expanded ones.
         filters_se = max(1, int(filters_in * se_ratio))
         se = layers.GlobalAveragePooling2D(keepdims=True, name=name + "se_squeeze")(x)
-        se = layers.Conv2D(
-            filters_se, 1, activation=activation, kernel_initializer=ConvKernelInitializer(), name=name + "se_reduce"
+        se = SqueezeExciteConv(
+            filters_se, 1, activation=activation_fn(activation), kernel_initializer=ConvKernelInitializer(),
+            name=name + "se_reduce",
         )(se)
-        se = layers.Conv2D(
+        se = SqueezeExciteConv(
             filters, 1, activation="sigmoid", kernel_initializer=ConvKernelInitializer(), name=name + "se_expand"
         )(se)
         x = layers.Multiply(name=name + "se_excite")([x, se])

@@ -18,14 +18,16 @@ from efficientnet_tf.model import build_model
 from efficientnet_tf.rundir import RunDir
 
 
-def build_model_from_config(config: Any, *, classifier_activation: str | None = None) -> keras.Model:
-    """The EfficientNet a resolved config describes (float32 logits unless an activation is given)."""
+def build_model_from_config(config: Any, *, classifier_activation: str | None = None,
+                            any_size: bool = False) -> keras.Model:
+    """The EfficientNet a resolved config describes (float32 logits unless an activation is given); with
+    `any_size` it takes images of any height and width (progressive learning trains at several sizes)."""
     model = config.model
     size = int(model.image_size)
     kwargs: dict[str, Any] = {
         "include_top": True,
         "weights": None,
-        "input_shape": (size, size, 3),
+        "input_shape": (None, None, 3) if any_size else (size, size, 3),
         "classes": int(model.num_classes),
         "classifier_activation": classifier_activation,
         "drop_connect_rate": float(model.drop_connect_rate),

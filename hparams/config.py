@@ -42,6 +42,8 @@ _NULLABLE_TYPES: dict[str, type] = {
     "train.steps_per_loop": int,
     "train.profile_steps": str,
     "train.seed": int,
+    "train.progressive.image_size_start": int,
+    "train.progressive.dropout_rate_start": float,
     "eval.batch_size": int,
 }
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}

@@ -22,7 +22,7 @@ from efficientnet_tf.ema import ExponentialMovingAverage, averaged_variables, ba
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.hparams import flatten
 from efficientnet_tf.rundir import IMPORT_REPORT_FILE, RunDir
-from efficientnet_tf.training import checkpoints, finetune, preemption, schedules
+from efficientnet_tf.training import checkpoints, finetune, preemption, progressive, schedules
 from efficientnet_tf.training.evaluation import DatasetFn, dataset_options, evaluate_model, make_eval_batch_fn
 from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size, use_xla
 from efficientnet_tf.training.summaries import Progress, Summaries
@@ -78,8 +78,9 @@ def _decayed_variables(model: keras.Model) -> list[keras.Variable]:
     return [v for v in model.trainable_variables if id(v) not in excluded]
 
 
-def _device_augmentation(config: Any) -> Any:
-    """data.augment_on_device: the augmentation the train step applies (None when off or nothing to do)."""
+def _device_augmentation(config: Any, stage: progressive.Stage | None = None) -> Any:
+    """data.augment_on_device: the augmentation the train step applies (None when off or nothing to do);
+    a progressive stage sets its strength."""
     data_config = config.data
     if not data_config.get("augment_on_device"):
         return None
@@ -87,10 +88,23 @@ def _device_augmentation(config: Any) -> Any:
 
     return DeviceAugmentation.create(
         augment=data_config.augment, randaug_num_layers=int(data_config.randaug_num_layers),
-        randaug_magnitude=float(data_config.randaug_magnitude), mixup_alpha=float(data_config.mixup_alpha),
-        cutmix_alpha=float(data_config.cutmix_alpha), seed=config.train.seed,
+        randaug_magnitude=stage.randaug_magnitude if stage else float(data_config.randaug_magnitude),
+        mixup_alpha=stage.mixup_alpha if stage else float(data_config.mixup_alpha),
+        cutmix_alpha=stage.cutmix_alpha if stage else float(data_config.cutmix_alpha), seed=config.train.seed,
         deterministic=bool(config.train.deterministic),
     )
+
+
+def _with_dropout_layer(config: Any, schedule: progressive.ProgressiveSchedule | None) -> Any:
+    """The config to build the model from: a progressive run whose stages use dropout needs the dropout
+    layer even when model.dropout_rate is 0 (each stage sets its rate)."""
+    if schedule is None or float(config.model.dropout_rate) > 0 or schedule.max_dropout_rate <= 0:
+        return config
+    import ml_collections
+
+    copy = ml_collections.ConfigDict(config.to_dict())
+    copy.model.dropout_rate = schedule.max_dropout_rate
+    return copy
 
 
 def parse_profile_steps(value: str | None) -> tuple[int, int] | None:
@@ -147,8 +161,11 @@ class Trainer:
         self.run = RunDir(model_dir)
         # The newest checkpoint that reads back whole; the chief moves unreadable newer ones aside.
         resume_from = self.run.readable_checkpoint(quarantine=strategy_info.is_chief)
+        self.progressive = progressive.ProgressiveSchedule.from_config(config, self.total_steps)
+        self._stage: progressive.Stage | None = None
         with self.strategy.scope():
-            self.model = build_model_fn() if build_model_fn else model_io.build_model_from_config(config)
+            self.model = build_model_fn() if build_model_fn else model_io.build_model_from_config(
+                _with_dropout_layer(config, self.progressive), any_size=self.progressive is not None)
             self.finetune = finetune.FineTuneSchedule.from_config(config, self.steps_per_epoch)
             if init_weights and resume_from is None:
                 self._import_weights(init_weights)
@@ -326,7 +343,7 @@ class Trainer:
             raise ValueError("Trainer.train needs train_dataset_fn")
         if self.info.kind == "tpu" or self.info.num_local_replicas > 1:
             dataset = self.strategy.distribute_datasets_from_function(
-                lambda context: dataset_options(self.train_dataset_fn(context))
+                lambda context: dataset_options(self._train_dataset(context))
             )
             return iter(dataset), False
         context = tf.distribute.InputContext(
@@ -334,12 +351,46 @@ class Trainer:
             input_pipeline_id=self.info.worker_index,
             num_replicas_in_sync=self.info.num_replicas,
         )
-        return iter(dataset_options(self.train_dataset_fn(context))), True
+        return iter(dataset_options(self._train_dataset(context))), True
+
+    def _train_dataset(self, context: tf.distribute.InputContext) -> tf.data.Dataset:
+        """The training dataset function's batches (of the current progressive stage)."""
+        if self._stage is None:
+            return self.train_dataset_fn(context)
+        return self.train_dataset_fn(context, stage=self._stage)
+
+    def _enter_stage(self, stage: progressive.Stage, summaries: Summaries | None = None,
+                     progress: Progress | None = None, *, new_input: bool = True) -> None:
+        """Switch to a progressive stage: its image size and augmentation (a new input pipeline), its dropout
+        (the step function is traced again), and checkpoints that hold the new pipeline's position."""
+        self._stage = stage
+        dropout = [layer for layer in self.model.layers if isinstance(layer, keras.layers.Dropout)]
+        if stage.dropout_rate > 0 and not dropout:
+            raise UserError("train.progressive sets a dropout rate but the model has no dropout layer; "
+                            "set model.dropout_rate > 0")
+        for layer in dropout:
+            layer.rate = float(stage.dropout_rate)
+        self._device_augment = _device_augmentation(self.config, stage)
+        self._build_functions()
+        if new_input:
+            self._train_iterator, _ = self._make_train_iterator()
+            self._keeper = self._make_keeper(self._iterator_saved)
+        message = f"Progressive learning: {stage.describe(len(self.progressive.stages))}"
+        if progress is not None:
+            progress.message(message)
+        else:
+            logging.info("%s", message)
+        if summaries is not None:
+            summaries.scalars(stage.start_step, {"progressive/image_size": float(stage.image_size),
+                                                 "progressive/randaug_magnitude": stage.randaug_magnitude,
+                                                 "progressive/mixup_alpha": stage.mixup_alpha,
+                                                 "progressive/cutmix_alpha": stage.cutmix_alpha,
+                                                 "progressive/dropout_rate": stage.dropout_rate})
 
     def _sample_images(self) -> np.ndarray | None:
         """One batch of augmented training images from a separate pipeline (for TensorBoard)."""
         try:
-            dataset = self.train_dataset_fn(tf.distribute.InputContext())
+            dataset = self._train_dataset(tf.distribute.InputContext())
             images, labels = next(iter(dataset.take(1)))
             if self._device_augment is not None:
                 images, _ = self._device_augment(images, labels, 0, 0)
@@ -450,6 +501,10 @@ class Trainer:
             change = self.finetune.next_change(step, len(self._units), self.total_steps)
             if change is not None:
                 stops.append(change)
+        if self.progressive is not None:
+            change = self.progressive.next_change(step)
+            if change is not None:
+                stops.append(change)
         return min(stops)
 
     def train(self, *, eval_every_epochs: int | None = None) -> TrainResult:
@@ -459,6 +514,13 @@ class Trainer:
         checkpoint by top-1. Raises NonFiniteLossError (leaving the last checkpoint) on a NaN loss.
         """
         train = self.config.train
+        if self.progressive is not None:
+            # The stage of the step to resume from decides the input pipeline, whose position is restored.
+            resume_step = 0
+            if self._resume_from:
+                reader = tf.train.load_checkpoint(self._resume_from)
+                resume_step = int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
+            self._enter_stage(self.progressive.stage_at(resume_step), new_input=False)
         self._train_iterator, can_save_iterator = self._make_train_iterator()
         self._iterator_saved = bool(train.checkpoint_input and can_save_iterator)
         self._keeper = self._make_keeper(self._iterator_saved)
@@ -545,6 +607,11 @@ class Trainer:
                 timed_seconds += seconds
             # A new fine-tuning phase traces a new step function: its first call is not timed either.
             first_call = step < self.total_steps and not stopping and self._set_phase(step, summaries, progress)
+            if (self.progressive is not None and step < self.total_steps and not stopping
+                    and self.progressive.stage_at(step) != self._stage):
+                # Before any checkpoint of this step: it must hold the new stage's input position.
+                self._enter_stage(self.progressive.stage_at(step), summaries, progress)
+                first_call = True
             train_metrics = {
                 "loss": window["loss"] / max(window["count"], 1.0),
                 "top1": window["correct"] / max(window["count"], 1.0),
@@ -597,12 +664,14 @@ class Trainer:
     def time_steps(self, num_steps: int, *, warmup_steps: int = 2) -> float:
         """Seconds for `num_steps` training steps in one call, after a warmup call (benchmarks).
 
-        Runs the same compiled loop as `train`, without checkpoints or summaries.
+        Runs the same compiled loop as `train`, without checkpoints or summaries; `warmup_steps=0`
+        skips the warmup call (the loop must have been traced already for a steady-state time).
         """
         if self._train_iterator is None:
             self._train_iterator, _ = self._make_train_iterator()
-        self._train_loop(self._train_iterator, tf.constant(max(1, warmup_steps), tf.int32))
-        self._take_sums(tf.constant(0.0)).numpy()
+        if warmup_steps > 0:
+            self._train_loop(self._train_iterator, tf.constant(warmup_steps, tf.int32))
+            self._take_sums(tf.constant(0.0)).numpy()
         began = time.perf_counter()
         self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
         self._take_sums(tf.constant(0.0)).numpy()  # waits for the steps to finish

@@ -72,7 +72,8 @@ class ProgressiveSchedule:
             "randaug_magnitude": (float(spec.randaug_magnitude_start), float(d.randaug_magnitude)),
             "mixup_alpha": (float(spec.mixup_alpha_start), float(d.mixup_alpha)),
             "cutmix_alpha": (float(spec.cutmix_alpha_start), float(d.cutmix_alpha)),
-            "dropout_rate": (float(spec.dropout_rate_start), float(config.model.dropout_rate)),
+            "dropout_rate": (float(config.model.dropout_rate if spec.dropout_rate_start is None else
+                                   spec.dropout_rate_start), float(config.model.dropout_rate)),
         }
         for key, (first, _) in ends.items():
             if first < 0 or (key == "dropout_rate" and first >= 1):
@@ -86,6 +87,11 @@ class ProgressiveSchedule:
             stages.append(Stage(i, total_steps * i // count, total_steps * (i + 1) // count, min(size, final_size),
                                 **values))
         return cls(tuple(stages))
+
+    @property
+    def max_dropout_rate(self) -> float:
+        """The largest dropout rate of any stage (the model needs a dropout layer when it is above 0)."""
+        return max(stage.dropout_rate for stage in self.stages)
 
     def stage_at(self, step: int) -> Stage:
         """The stage that trains step `step` (the last one from its start on)."""

@@ -1,0 +1,94 @@
+"""Progressive learning: stages of growing image size and regularisation, resumable mid-stage, any strategy."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import signal
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from efficientnet_tf import hparams
+from efficientnet_tf.errors import EXIT_PREEMPTED, UserError
+from efficientnet_tf.training.progressive import ProgressiveSchedule
+
+from test_faults import Trainer, command, preempted_step, run, weights
+
+STAGES = ("--hparams=train.progressive.stages=3,train.progressive.image_size_start=16,"
+          "train.progressive.image_size_step=16,train.progressive.randaug_magnitude_start=2,"
+          "train.progressive.dropout_rate_start=0.3,model.dropout_rate=0.1,model.image_size=48")
+
+
+def _schedule(overrides: str, total: int = 900) -> ProgressiveSchedule | None:
+    config = hparams.resolve(hparams.build_config([overrides]), num_classes=10, num_train=8000)
+    return ProgressiveSchedule.from_config(config, total)
+
+
+def test_stages_grow_linearly_from_the_start_values_to_the_runs_own() -> None:
+    schedule = _schedule("model.image_size=224,model.dropout_rate=0.3,data.randaug_magnitude=15,"
+                         "data.mixup_alpha=0.2,train.progressive.stages=4,train.progressive.image_size_start=128,"
+                         "train.progressive.dropout_rate_start=0.1")
+    sizes = [s.image_size for s in schedule.stages]
+    assert sizes == [128, 160, 192, 224]
+    assert [s.randaug_magnitude for s in schedule.stages] == pytest.approx([5, 25 / 3, 35 / 3, 15])
+    assert [s.mixup_alpha for s in schedule.stages] == pytest.approx([0, 0.2 / 3, 0.4 / 3, 0.2])
+    assert [s.dropout_rate for s in schedule.stages] == pytest.approx([0.1, 0.1 + 0.2 / 3, 0.1 + 0.4 / 3, 0.3])
+    assert [(s.start_step, s.end_step) for s in schedule.stages] == [(0, 225), (225, 450), (450, 675), (675, 900)]
+    assert schedule.stage_at(0).index == 0 and schedule.stage_at(224).index == 0 and schedule.stage_at(225).index == 1
+    assert schedule.stage_at(899).index == 3 and schedule.stage_at(900).index == 3
+    assert schedule.next_change(0) == 225 and schedule.next_change(700) is None
+    half = _schedule("model.image_size=224,train.progressive.stages=2")
+    assert [s.image_size for s in half.stages] == [112, 224]  # image_size_start null: half the final size
+    assert _schedule("train.progressive.stages=0") is None
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ("train.progressive.stages=1", "must be 0 (off) or at least 2"),
+    ("model.image_size=64,train.progressive.stages=2,train.progressive.image_size_start=96",
+     "image_size_start must be between 1 and model.image_size"),
+    ("train.progressive.stages=2,train.progressive.dropout_rate_start=1.5", "dropout_rate_start must be >= 0"),
+    ("train.progressive.stages=2,train.progressive.image_size_step=0", "image_size_step must be at least 1"),
+])
+def test_bad_settings_are_one_line_errors(overrides: str, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        _schedule(overrides)
+
+
+def test_a_progressive_run_stopped_mid_stage_resumes_to_the_same_weights(tmp_path: pathlib.Path) -> None:
+    """Three stages (16, 32, 48 px) over 30 steps; SIGTERM in the second stage; the rerun resumes in that stage
+    with its input position and ends with the uninterrupted run's weights. Evaluation is at 48 px."""
+    total = 30
+    reference_dir = tmp_path / "uninterrupted"
+    full = run(command(reference_dir, total, extra=(STAGES, "--mode=train_and_eval")))
+    assert full.returncode == 0, full.stderr[-3000:]
+    switches = re.findall(r"Progressive learning: stage (\d) of 3 \(steps (\d+)-(\d+)\): (\d+) px", full.stderr)
+    assert [(int(i), int(a), int(b), int(px)) for i, a, b, px in switches] == [
+        (1, 0, 10, 16), (2, 10, 20, 32), (3, 20, 30, 48)]
+    assert re.search(r"Eval at step 30: top-1 [\d.]+%.*\((\d+) images\)", full.stderr)
+    reference = weights(str(reference_dir / "checkpoints" / f"ckpt-{total}"))
+
+    model_dir = tmp_path / "interrupted"
+    trainer = Trainer(command(model_dir, total, extra=(STAGES,)))
+    trainer.wait_for_step(13)
+    trainer.proc.send_signal(signal.SIGTERM)
+    code, log = trainer.finish()
+    assert code == EXIT_PREEMPTED, log[-3000:]
+    step, _ = preempted_step(log)
+    assert 13 <= step < 20, step  # inside the second stage
+    resumed = run(command(model_dir, total, extra=(STAGES,)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {step}" in resumed.stderr
+    assert "Progressive learning: stage 2 of 3" in resumed.stderr  # entered at the step it resumes from
+    actual = weights(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
+    for name in reference:
+        np.testing.assert_array_equal(actual[name], reference[name], err_msg=name)
+
+
+def test_progressive_under_two_mirrored_replicas_with_augmentation_on_the_device(tmp_path: pathlib.Path) -> None:
+    proc = run(command(tmp_path / "run", 12, extra=(STAGES, "--cpu_devices=2", "--mode=train_and_eval",
+                                                   "--hparams=data.augment_on_device=true")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("Progressive learning: stage") == 3
+    assert "Eval at step 12" in proc.stderr
