@@ -1,7 +1,8 @@
 """EfficientNet-B0 from scratch on Imagenette at 128 px: our recipe vs keras.applications + Adam.
 
     python benchmarks/imagenette.py [--data ../shared/data] [--epochs 5] [--image_size 128]
-                                    [--hparams hparams/imagenette.yaml] [--skip_keras]
+                                    [--hparams hparams/imagenette.yaml] [--skip_keras] [--tag T]
+    python benchmarks/imagenette.py --plot out/imagenette/results-A.json out/imagenette/results-B.json
 
 Extracts `imagenette2-224sq-train.tar` (the Imagenette TRAIN split) from the shared data folder
 (default `../shared/data` beside the repository) into `--work_dir`, holds out a seeded 10% of
@@ -73,10 +74,14 @@ def run_ours(config, model_dir: str) -> dict:
     seconds = time.time() - began
     result, resolved = outcome.result, outcome.config
     spe = int(resolved.train.steps_per_epoch)
+    history = outcome.run.read_eval_history()
     return {
         "top1": result.eval_metrics["top1"],
         "top5": result.eval_metrics["top5"],
-        "per_epoch_top1": {f"{h['step'] / spe:g}": h["top1"] for h in outcome.run.read_eval_history()},
+        "per_epoch_top1": {f"{h['step'] / spe:g}": h["top1"] for h in history},
+        # Time to accuracy: hold-out top-1 after each epoch and the wall time (training + evals) it took.
+        "curve": [{"epoch": h["step"] / spe, "top1": h["top1"], "wall_seconds": h.get("wall_seconds")}
+                  for h in history],
         "seconds": seconds,
         "train_images_per_second": result.train_metrics.get("images_per_second"),
         "model_dir": model_dir,
@@ -111,6 +116,34 @@ def run_keras(config, source) -> dict:
     return {"top1": float(top1), "top5": float(top5), "per_epoch_top1": per_epoch, "seconds": time.time() - began}
 
 
+def plot_curves(paths: list[str], out: str) -> str:
+    """Hold-out top-1 against wall time for the `ours` run of several results files, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            results = json.load(handle)
+        curve = results.get("ours", {}).get("curve") or []
+        if not curve:
+            continue
+        label = f"{results.get('label') or os.path.basename(path)}: {100 * curve[-1]['top1']:.1f}%"
+        ax.plot([0] + [c["wall_seconds"] / 60 for c in curve], [10] + [100 * c["top1"] for c in curve], "o-",
+                label=label)
+    ax.set_xlabel("wall time on this machine (minutes, training + evaluations)")
+    ax.set_ylabel("hold-out top-1 (%)")
+    ax.set_title("EfficientNet-B0 from scratch on Imagenette (947 hold-out photos)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both trainings and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -129,7 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip_ours", action="store_true")
     parser.add_argument("--tag", default=None, help="names the run directory and results file "
                         "(default: <epochs>ep)")
+    parser.add_argument("--label", default=None, help="the run's name in plots (default: the tag)")
+    parser.add_argument("--plot", nargs="+", metavar="RESULTS_JSON", default=None,
+                        help="only plot time-to-accuracy curves of earlier results files into "
+                        "<work_dir>/time_to_accuracy.png")
     args = parser.parse_args(argv)
+    if args.plot:
+        print(plot_curves(args.plot, os.path.join(args.work_dir, "time_to_accuracy.png")))
+        return 0
 
     archive = os.path.join(args.data, ARCHIVE_NAME)
     if not os.path.exists(archive):
@@ -154,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                      "train_images": source.num_train, "holdout_images": source.num_eval,
                      "recipe": os.path.relpath(args.hparams, REPO_ROOT), "overrides": args.override}
     tag = args.tag or f"{args.epochs:g}ep"
+    results["label"] = args.label or tag
     if not args.skip_ours:
         model_dir = os.path.join(args.work_dir, f"ours-{tag}")
         if tf.io.gfile.exists(model_dir):

@@ -1617,7 +1617,8 @@ def _report_text(plan: StudyPlan, rows: Sequence[Mapping[str, Any]], claims: Seq
     done = [r for r in rows if r["status"] == "done"]
     measured = sum({r["arm_dir"]: r["train_seconds"] or 0.0 for r in done}.values())
     runs = plan.runs()
-    length = f"{spec.steps} steps" if spec.steps else f"{spec.epochs:g} epochs ({plan.train_steps} steps)"
+    length = (f"{spec.steps} steps" if spec.steps else
+              f"{spec.epochs:g} epoch{'' if spec.epochs == 1 else 's'} ({plan.train_steps} steps)")
     recipe = ", ".join(f"`{os.path.relpath(h, PROJECT_DIR) if os.path.isabs(h) else h}`" for h in spec.hparams)
     lines = [
         f"# Scaling study `{spec.name}`",

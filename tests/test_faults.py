@@ -109,7 +109,8 @@ class Trainer:
 def preempted_step(stderr: str) -> tuple[int, str]:
     """(step, checkpoint) from the line a preempted run ends with, which must be its only own line."""
     (line,) = error_lines(stderr)
-    match = re.fullmatch(r"stopped by SIG(?:TERM|INT) at step (\d+): checkpoint (\S+) saved; "
+    match = re.fullmatch(r"stopped by (?:SIGTERM|SIGINT|a stop request on another worker) at step (\d+): "
+                         r"checkpoint (\S+) saved; "
                          r"run the same command again to resume", line)
     assert match, line
     return int(match.group(1)), match.group(2)
@@ -450,8 +451,9 @@ def test_multi_worker_sigterm_to_one_worker_stops_both_at_the_same_step(tmp_path
     workers[1].proc.send_signal(signal.SIGTERM)
     results = [w.finish(timeout=180) for w in workers]
     assert [code for code, _ in results] == [EXIT_PREEMPTED, EXIT_PREEMPTED], [log[-2000:] for _, log in results]
-    steps = {preempted_step(log)[0] for _, log in results if error_lines(log)}
-    (step,) = steps
+    stops = [preempted_step(log) for _, log in results]
+    assert "SIGTERM" in error_lines(results[1][1])[0] and "another worker" in error_lines(results[0][1])[0]
+    ((step, _),) = set(stops)  # the same step and the same checkpoint on both
     chief_checkpoint = model_dir / "checkpoints" / f"ckpt-{step}"
     assert checkpoint_problem(str(chief_checkpoint)) is None and step_of_checkpoint(str(chief_checkpoint)) == step
     assert not (model_dir / LOCK_FILE).exists()

@@ -53,10 +53,11 @@ class CheckpointKeeper:
         tf.io.gfile.rmtree(self._scratch)
 
     def save(self) -> str | None:
-        """Write a rolling checkpoint at the current step; returns its prefix on the chief."""
+        """Write a rolling checkpoint at the current step; returns its prefix (on other workers: the prefix
+        the chief writes it under)."""
         if not self.is_chief:
             self._scratch_save()
-            return None
+            return os.path.join(self.run.checkpoints_dir, f"ckpt-{int(self._step.numpy())}")
         return self.manager.save(checkpoint_number=self._step)
 
     @property

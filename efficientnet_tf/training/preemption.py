@@ -73,14 +73,17 @@ class StopRequest:
             logging.warning("%s received again: already stopping; the checkpoint is being written, please wait", name)
 
     def install(self) -> bool:
-        """Handle SIGTERM and SIGINT (main thread only); False when signals cannot be handled here."""
+        """Handle SIGTERM and SIGINT (main thread only); False when signals cannot be handled here.
+
+        Nested calls set the handlers again: TensorFlow's coordination service (MultiWorkerMirroredStrategy)
+        installs a C++ SIGTERM handler of its own when the strategy is created, behind Python's back.
+        """
         self._depth += 1
-        if self._depth > 1:
-            return True
         if threading.current_thread() is not threading.main_thread():
             return False
         for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._on_signal)
+            previous = signal.signal(signum, self._on_signal)
+            self._previous.setdefault(signum, previous)
         return True
 
     def uninstall(self) -> None:
