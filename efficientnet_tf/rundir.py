@@ -83,8 +83,8 @@ def checkpoint_candidates(directory: str) -> list[str]:
     try:
         state = tf.train.get_checkpoint_state(directory)
         if state is not None:
-            listed = [*state.all_model_checkpoint_paths, state.model_checkpoint_path]
-            prefixes.update(p if os.path.isabs(p) or "://" in p else os.path.join(directory, p) for p in listed if p)
+            # TensorFlow has already joined relative entries to `directory`.
+            prefixes.update(p for p in (*state.all_model_checkpoint_paths, state.model_checkpoint_path) if p)
     except (tf.errors.OpError, ValueError) as error:  # a damaged state file: fall back on the index files
         logging.warning("Checkpoint state file in %s is unreadable (%s); listing the checkpoint files instead",
                         directory, first_line(error))
@@ -93,7 +93,10 @@ def checkpoint_candidates(directory: str) -> list[str]:
                                                                                         "*.index")))
     except tf.errors.OpError:
         pass
-    return sorted(prefixes, key=lambda p: (step_of(p), p), reverse=True)
+    unique: dict[str, str] = {}  # one entry per file, however the state file spelt its path
+    for prefix in sorted(prefixes, key=lambda p: (not p.startswith(directory), p)):
+        unique.setdefault(prefix if "://" in prefix else os.path.realpath(prefix), prefix)
+    return sorted(unique.values(), key=lambda p: (step_of(p), p), reverse=True)
 
 
 def checkpoint_problem(prefix: str) -> str | None:

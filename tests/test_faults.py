@@ -250,6 +250,27 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(three_chec
     assert (kept.parent / "ckpt-12.index").exists()
 
 
+def test_checkpoints_are_listed_once_whatever_the_paths_look_like(tmp_path, monkeypatch, caplog) -> None:
+    """A relative --model_dir, and a state file that spells the paths absolute: each checkpoint once, newest
+    first, and no unreadable-checkpoint warning when all are fine."""
+    from efficientnet_tf.rundir import RunDir, checkpoint_candidates
+
+    monkeypatch.chdir(tmp_path)
+    step = tf.Variable(0, dtype=tf.int64)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(step=step), "run/checkpoints", max_to_keep=5,
+                                         checkpoint_name="ckpt")
+    for value in (4, 8, 12):
+        step.assign(value)
+        manager.save(checkpoint_number=value)
+    expected = [f"run/checkpoints/ckpt-{n}" for n in (12, 8, 4)]
+    assert checkpoint_candidates("run/checkpoints") == expected
+    tf.compat.v1.train.update_checkpoint_state("run/checkpoints", str(tmp_path / expected[0]),
+                                               [str(tmp_path / p) for p in reversed(expected)])
+    assert checkpoint_candidates("run/checkpoints") == expected
+    assert RunDir("run").readable_checkpoint(quarantine=True) == expected[0]
+    assert "Unreadable" not in caplog.text and not (tmp_path / "run" / "checkpoints" / "unreadable").exists()
+
+
 @pytest.mark.parametrize("damage", ["data file deleted", "index deleted", "state file deleted"])
 def test_deleted_checkpoint_files_fall_back_or_resume(three_checkpoints, tmp_path, damage: str) -> None:
     model_dir = copy_run(three_checkpoints, tmp_path)
