@@ -520,16 +520,7 @@ def mix_batch(
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, labels
     rng = RandomStream(seed)
-    sub_seed = _sub_seed(rng)
-    if cutmix_alpha <= 0:
-        return mixup(images, labels, mixup_alpha, seed=sub_seed)
-    if mixup_alpha <= 0:
-        return cutmix(images, labels, cutmix_alpha, seed=sub_seed)
-    return tf.cond(
-        rng.bernoulli(0.5),
-        lambda: mixup(images, labels, mixup_alpha, seed=sub_seed),
-        lambda: cutmix(images, labels, cutmix_alpha, seed=sub_seed),
-    )
+    return mixing.choose_mix(images, labels, mixup_alpha, cutmix_alpha, rng, _sub_seed(rng), mixup, cutmix)
 
 
 # ---------------------------------------------------------------------------------------------

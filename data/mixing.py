@@ -86,12 +86,19 @@ def mix_batch(
         return images, labels
     rng = RandomStream(seed)
     sub_seed = rng.next_seed() if rng.seeded else None
+    return choose_mix(images, labels, mixup_alpha, cutmix_alpha, rng, sub_seed, mixup, cutmix)
+
+
+def choose_mix(images: tf.Tensor, labels: tf.Tensor, mixup_alpha: float, cutmix_alpha: float, rng: RandomStream,
+               sub_seed: tf.Tensor | None, mixup_fn, cutmix_fn) -> tuple[tf.Tensor, tf.Tensor]:
+    """The mixup or cutmix function for the alphas set (one of the two, 50/50 per batch, when both are > 0);
+    shared by the host pipeline and the on-device augmentation."""
     if cutmix_alpha <= 0:
-        return mixup(images, labels, mixup_alpha, seed=sub_seed)
+        return mixup_fn(images, labels, mixup_alpha, seed=sub_seed)
     if mixup_alpha <= 0:
-        return cutmix(images, labels, cutmix_alpha, seed=sub_seed)
+        return cutmix_fn(images, labels, cutmix_alpha, seed=sub_seed)
     return tf.cond(
         rng.bernoulli(0.5),
-        lambda: mixup(images, labels, mixup_alpha, seed=sub_seed),
-        lambda: cutmix(images, labels, cutmix_alpha, seed=sub_seed),
+        lambda: mixup_fn(images, labels, mixup_alpha, seed=sub_seed),
+        lambda: cutmix_fn(images, labels, cutmix_alpha, seed=sub_seed),
     )

@@ -95,6 +95,14 @@ def _device_augmentation(config: Any, stage: progressive.Stage | None = None) ->
     )
 
 
+def _announce(message: str, progress: Progress | None) -> None:
+    """A line in the progress output while training runs, else in the log."""
+    if progress is not None:
+        progress.message(message)
+    else:
+        logging.info("%s", message)
+
+
 def _with_dropout_layer(config: Any, schedule: progressive.ProgressiveSchedule | None) -> Any:
     """The config to build the model from: a progressive run whose stages use dropout needs the dropout
     layer even when model.dropout_rate is 0 (each stage sets its rate)."""
@@ -237,10 +245,7 @@ class Trainer:
         self._decayed = _decayed_variables(self.model)
         self._build_functions()
         message = f"Fine-tuning from step {step}: {self._phase.describe(len(self._units))}"
-        if progress is not None:
-            progress.message(message)
-        else:
-            logging.info("%s", message)
+        _announce(message, progress)
         if summaries is not None:
             summaries.scalars(step, {"finetune/unfrozen_units": float(unfrozen),
                                      "finetune/trainable_weights": float(self._phase.trainable_weights)})
@@ -375,11 +380,7 @@ class Trainer:
         if new_input:
             self._train_iterator, _ = self._make_train_iterator()
             self._keeper = self._make_keeper(self._iterator_saved)
-        message = f"Progressive learning: {stage.describe(len(self.progressive.stages))}"
-        if progress is not None:
-            progress.message(message)
-        else:
-            logging.info("%s", message)
+        _announce(f"Progressive learning: {stage.describe(len(self.progressive.stages))}", progress)
         if summaries is not None:
             summaries.scalars(stage.start_step, {"progressive/image_size": float(stage.image_size),
                                                  "progressive/randaug_magnitude": stage.randaug_magnitude,
