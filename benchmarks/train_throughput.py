@@ -13,8 +13,9 @@ tracker included, steps_per_execution = our steps per loop). XLA is off for both
 
 The two are timed in alternating windows of `--steps` steps (which one goes first alternates
 too), `--windows` windows each, so that a shared machine's load changes hit both alike. Prints
-every window, the median images/s of each, the ratio of the medians and the median of the
-per-window ratios (ours / keras).
+every window, the median images/s of each, the ratio of the medians, the median of the
+per-window ratios (ours / keras) and, as a check that another job on the machine did not
+decide it, the ratio of images per second of process CPU time.
 """
 
 from __future__ import annotations
@@ -90,23 +91,27 @@ def measure(resolution: int, batch_size: int, steps: int, windows: int) -> dict[
         keras_iterator = iter(info.strategy.experimental_distribute_dataset(dataset_fn()))
         keras_calls = max(1, steps // ours.steps_per_loop)
 
-        def time_ours() -> float:
-            return steps * batch_size / ours.time_steps(steps, warmup_steps=0)
+        def run_ours() -> int:
+            ours.time_steps(steps, warmup_steps=0)
+            return steps
 
-        def time_keras() -> float:
-            began = time.perf_counter()
+        def run_keras() -> int:
             for _ in range(keras_calls):
                 logs = train_function(keras_iterator)
-            tf.nest.map_structure(lambda t: t.numpy(), logs.get_value())  # waits for the steps to finish
-            return keras_calls * ours.steps_per_loop * batch_size / (time.perf_counter() - began)
+            if isinstance(logs, tf.experimental.Optional):
+                logs = logs.get_value()
+            tf.nest.map_structure(lambda t: t.numpy(), logs)  # waits for the steps to finish
+            return keras_calls * ours.steps_per_loop
 
-        ours.time_steps(1, warmup_steps=1)  # traces the loop
-        time_keras()
-        result: dict[str, list[float]] = {"ours": [], "keras": []}
+        run_ours(), run_keras()  # traces both, settles the allocators
+        result: dict[str, list[float]] = {"ours": [], "keras": [], "ours_cpu": [], "keras_cpu": []}
         for window in range(windows):
-            order = (("ours", time_ours), ("keras", time_keras))
-            for name, timer in order if window % 2 == 0 else reversed(order):
-                result[name].append(timer())
+            order = (("ours", run_ours), ("keras", run_keras))
+            for name, run in order if window % 2 == 0 else reversed(order):
+                began, cpu_began = time.perf_counter(), time.process_time()
+                images = run() * batch_size
+                result[name].append(images / (time.perf_counter() - began))
+                result[name + "_cpu"].append(images / (time.process_time() - cpu_began))
     return result
 
 
@@ -139,14 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{resolution} px windows, ours img/s:  " + " ".join(f"{x:.2f}" for x in result["ours"]))
         print(f"{resolution} px windows, keras img/s: " + " ".join(f"{x:.2f}" for x in result["keras"]))
         print(f"{resolution} px windows, ours/keras:  " + " ".join(f"{x:.2f}" for x in pairs), flush=True)
-        rows.append((resolution, ours, ref, ours / ref, statistics.median(pairs), min(pairs), max(pairs)))
+        cpu_ratio = statistics.median(result["ours_cpu"]) / statistics.median(result["keras_cpu"])
+        rows.append((resolution, ours, ref, ours / ref, statistics.median(pairs), min(pairs), max(pairs), cpu_ratio))
         keras.backend.clear_session()
     print()
     print("| resolution | ours img/s (median) | keras img/s (median) | ratio of medians | median window ratio "
-          "| window ratios min–max |")
-    print("|---|---|---|---|---|---|")
-    for resolution, ours, ref, ratio, median_pair, low, high in rows:
-        print(f"| {resolution} | {ours:.2f} | {ref:.2f} | {ratio:.2f} | {median_pair:.2f} | {low:.2f}–{high:.2f} |")
+          "| window ratios min–max | ratio per CPU-second |")
+    print("|---|---|---|---|---|---|---|")
+    for resolution, ours, ref, ratio, median_pair, low, high, cpu_ratio in rows:
+        print(f"| {resolution} | {ours:.2f} | {ref:.2f} | {ratio:.2f} | {median_pair:.2f} | {low:.2f}–{high:.2f} "
+              f"| {cpu_ratio:.2f} |")
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -292,6 +293,11 @@ def _main_or_exit(argv: list[str]) -> None:
         status = main(argv)
     except CommandError as error:
         # A stop on request is not an error: its line says what was saved and how to resume.
+        if error.status == EXIT_PREEMPTED:
+            # The checkpoint is saved and the process is ending: repeated signals must not kill it on the way
+            # out (Python restores the default handlers while it shuts down; ignored signals stay ignored).
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
         sys.stderr.write(f"{error}\n" if error.status == EXIT_PREEMPTED else f"error: {error}\n")
         sys.stderr.flush()
         sys.exit(error.status)

@@ -73,35 +73,6 @@ class DropConnect(layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
-@keras.saving.register_keras_serializable("efficientnet_tf")
-def swish(x):
-    """x·sigmoid(x) whose gradient reuses the forward sigmoid (values equal tf.nn.silu's).
-
-    tf.nn.silu recomputes the sigmoid in its gradient and spends six elementwise passes over the
-    activation there (tensorflow/python/ops/nn_impl.py, to save memory); keeping σ costs one
-    tensor and leaves four: dy·σ + x·SigmoidGrad(σ, dy).
-    """
-    if keras.backend.backend() != "tensorflow":
-        return keras.activations.silu(x)
-    import tensorflow as tf
-
-    @tf.custom_gradient
-    def forward(features):
-        sigmoid = tf.sigmoid(features)
-
-        def grad(dy):
-            return dy * sigmoid + features * tf.raw_ops.SigmoidGrad(y=sigmoid, dy=dy)
-
-        return features * sigmoid, grad
-
-    return forward(tf.convert_to_tensor(x))
-
-
-def activation_fn(name: str):
-    """The activation for a variant's name: our swish for "swish", Keras' own otherwise."""
-    return swish if name == "swish" else name
-
-
 # cuDNN refuses smaller epsilons in its fused kernel (CUDNN_BN_MIN_EPSILON); such layers use Keras' ops.
 _FUSED_MIN_EPSILON = 1.001e-5
 
@@ -111,12 +82,13 @@ class FusedBatchNormalization(layers.BatchNormalization):
     """keras.layers.BatchNormalization computed by TensorFlow's fused kernel (FusedBatchNormV3).
 
     Keras 3 on the TensorFlow backend normalises with separate moments, subtract, scale and shift
-    ops (and as many more in the gradient); the fused kernel does each direction in one op and
-    Grappler folds it into the preceding convolution at inference. Same variables and names,
-    the same momentum convention (moving = moving·momentum + batch·(1 − momentum), with the
-    biased batch variance as Keras uses) and the same outputs to float rounding. Float16 and
-    bfloat16 inputs are normalised with float32 statistics, as Keras does. Anything the fused
-    kernel cannot do (masks, renorm, synchronized, other ranks or axes) falls back to Keras.
+    ops, and as many more in the gradient (about 3x the time of the fused kernel forward and
+    backward on CPU); at inference Grappler also folds the fused op into a preceding Conv2D.
+    Same variables and names, the same momentum convention (moving = moving·momentum +
+    batch·(1 − momentum), with the biased batch variance, as Keras) and the same outputs to float
+    rounding; float16 / bfloat16 inputs are normalised with float32 statistics, as Keras does.
+    Anything the fused kernel cannot do (masks, renorm, synchronized, other ranks or axes) falls
+    back to Keras.
     """
 
     def _fusable(self, inputs, mask) -> bool:
@@ -147,8 +119,12 @@ class FusedBatchNormalization(layers.BatchNormalization):
             )
             # The kernel returns the Bessel-corrected batch variance n/(n-1)·var (n/n for n = 1);
             # Keras' moving variance averages the biased one.
-            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
-            variance = variance * (tf.maximum(count - 1.0, 1.0) / tf.maximum(count, 1.0))
+            if None not in tuple(inputs.shape[:-1]):
+                count = float(math.prod(inputs.shape[:-1]))
+                variance = variance * (max(count - 1.0, 1.0) / max(count, 1.0))
+            else:
+                count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
+                variance = variance * (tf.maximum(count - 1.0, 1.0) / tf.maximum(count, 1.0))
             mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
             moving_mean = ops.cast(self.moving_mean, "float32")
             moving_variance = ops.cast(self.moving_variance, "float32")
@@ -161,30 +137,6 @@ class FusedBatchNormalization(layers.BatchNormalization):
                 is_training=False,
             )
         return ops.cast(outputs, self.compute_dtype)
-
-
-@keras.saving.register_keras_serializable("efficientnet_tf")
-class SqueezeExciteConv(layers.Conv2D):
-    """The 1x1 Conv2D of squeeze-excite, run as a matmul on the pooled [N, C] vector.
-
-    A convolution over a 1x1 map costs far more than the matmul it amounts to (and so does its
-    gradient). The kernel keeps Conv2D's [1, 1, in, out] shape and name, so weights move to and
-    from keras.applications unchanged; inputs that are not [N, 1, 1, C] take Conv2D's path.
-    """
-
-    def call(self, inputs):
-        if not (
-            inputs.shape[1] == 1 and inputs.shape[2] == 1 and tuple(self.kernel_size) == (1, 1)
-            and self.data_format == "channels_last" and self.groups == 1
-        ):
-            return super().call(inputs)
-        channels = inputs.shape[-1]
-        outputs = ops.matmul(ops.reshape(inputs, (-1, channels)), ops.reshape(self.kernel, (channels, self.filters)))
-        if self.use_bias:
-            outputs = ops.add(outputs, self.bias)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return ops.reshape(outputs, (-1, 1, 1, self.filters))
 
 
 def conv_bn_act(
@@ -210,7 +162,7 @@ def conv_bn_act(
     )(x)
     x = FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + bn_name)(x)
     if activation:
-        x = layers.Activation(activation_fn(activation), name=name + act_name)(x)
+        x = layers.Activation(activation, name=name + act_name)(x)
     return x
 
 
@@ -245,17 +197,16 @@ def mbconv_block(
         name=name + "dwconv",
     )(x)
     x = FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + "bn")(x)
-    x = layers.Activation(activation_fn(activation), name=name + "activation")(x)
+    x = layers.Activation(activation, name=name + "activation")(x)
 
     if 0 < se_ratio <= 1:
         # The squeeze width comes from the block's INPUT channels, not the expanded ones.
         filters_se = max(1, int(filters_in * se_ratio))
         se = layers.GlobalAveragePooling2D(keepdims=True, name=name + "se_squeeze")(x)
-        se = SqueezeExciteConv(
-            filters_se, 1, activation=activation_fn(activation), kernel_initializer=ConvKernelInitializer(),
-            name=name + "se_reduce",
+        se = layers.Conv2D(
+            filters_se, 1, activation=activation, kernel_initializer=ConvKernelInitializer(), name=name + "se_reduce"
         )(se)
-        se = SqueezeExciteConv(
+        se = layers.Conv2D(
             filters, 1, activation="sigmoid", kernel_initializer=ConvKernelInitializer(), name=name + "se_expand"
         )(se)
         x = layers.Multiply(name=name + "se_excite")([x, se])

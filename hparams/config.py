@@ -43,6 +43,7 @@ _NULLABLE_TYPES: dict[str, type] = {
     "train.profile_steps": str,
     "train.seed": int,
     "train.progressive.image_size_start": int,
+    "train.progressive.image_size_end": int,
     "train.progressive.dropout_rate_start": float,
     "eval.batch_size": int,
 }

@@ -185,6 +185,27 @@ def test_a_second_signal_while_the_checkpoint_is_written_corrupts_nothing(tmp_pa
     assert not (model_dir / LOCK_FILE).exists()
 
 
+def test_signals_after_a_stop_are_ignored_for_a_grace_period_then_reach_the_old_handler(monkeypatch) -> None:
+    from efficientnet_tf.training import preemption
+
+    preemption.reset()
+    before = signal.getsignal(signal.SIGINT)
+    with preemption.handle_signals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.reason == "SIGINT"
+    # The command line is printing its line and exiting: a repeated Ctrl-C must not kill it by signal.
+    os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(preemption.time, "monotonic", lambda: float("inf"))  # the grace period is over
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+    assert signal.getsignal(signal.SIGINT) is before
+    preemption.reset()
+    with preemption.handle_signals() as stop:  # without a stop the old handlers come straight back
+        pass
+    assert signal.getsignal(signal.SIGINT) is before and not stop.requested
+
+
 def test_sigint_before_the_first_step_saves_nothing_and_says_so(tmp_path: pathlib.Path) -> None:
     trainer = Trainer(command(tmp_path / "run", 50))
     deadline = time.monotonic() + 120

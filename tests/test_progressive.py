@@ -42,14 +42,18 @@ def test_stages_grow_linearly_from_the_start_values_to_the_runs_own() -> None:
     half = _schedule("model.image_size=224,train.progressive.stages=2")
     assert [s.image_size for s in half.stages] == [112, 224]  # image_size_start null: half the final size
     assert _schedule("train.progressive.stages=0") is None
+    below = _schedule("model.image_size=160,train.progressive.stages=3,train.progressive.image_size_end=128")
+    assert [s.image_size for s in below.stages] == [64, 96, 128]  # trains up to 128 px, evaluates at 160
 
 
 @pytest.mark.parametrize("overrides,message", [
     ("train.progressive.stages=1", "must be 0 (off) or at least 2"),
     ("model.image_size=64,train.progressive.stages=2,train.progressive.image_size_start=96",
-     "image_size_start must be between 1 and model.image_size"),
+     "image_size_start must be between 1 and the last stage's size"),
     ("train.progressive.stages=2,train.progressive.dropout_rate_start=1.5", "dropout_rate_start must be >= 0"),
     ("train.progressive.stages=2,train.progressive.image_size_step=0", "image_size_step must be at least 1"),
+    ("model.image_size=128,train.progressive.stages=2,train.progressive.image_size_end=160",
+     "image_size_end must be between 1 and model.image_size"),
 ])
 def test_bad_settings_are_one_line_errors(overrides: str, message: str) -> None:
     with pytest.raises(UserError, match=re.escape(message)):

@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from absl import logging
 from efficientnet_tf.errors import EXIT_PREEMPTED  # noqa: F401 - re-exported for efficientnet_tf.training
 
 METADATA_URL_ENV = "EFFICIENTNET_TF_GCE_METADATA_URL"  # tests point it at a local server
+STOPPING_GRACE_SECONDS = 30.0  # after a stop, repeated signals are ignored this long
 METADATA_URL = "http://metadata.google.internal/computeMetadata/v1/instance/"
 
 
@@ -87,15 +89,39 @@ class StopRequest:
         return True
 
     def uninstall(self) -> None:
-        """Put back the previous handlers once the outermost user is done."""
+        """Put back the previous handlers once the outermost user is done.
+
+        After a stop the process is on its way out (the command line prints its line and exits 75): signals
+        that keep coming for a grace period are still noted and ignored, so a scheduler's repeated SIGTERM
+        cannot turn a clean stop into a death by signal; later ones reach the previous handlers again.
+        """
         self._depth = max(0, self._depth - 1)
         if self._depth:
             return
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)  # type: ignore[arg-type]
+        previous_handlers = dict(self._previous)
         self._previous.clear()
         self._done.set()
         self._watcher = None
+        if not self.requested or threading.current_thread() is not threading.main_thread():
+            for signum, previous in previous_handlers.items():
+                signal.signal(signum, previous)  # type: ignore[arg-type]
+            return
+        until = time.monotonic() + STOPPING_GRACE_SECONDS
+
+        def stopping(signum: int, frame: object) -> None:
+            if time.monotonic() < until:
+                logging.warning("%s received again: already stopped, exiting", signal.Signals(signum).name)
+                return
+            for number, handler in previous_handlers.items():
+                signal.signal(number, handler)  # type: ignore[arg-type]
+            handler = previous_handlers.get(signum)
+            if callable(handler):
+                handler(signum, frame)
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(signum)
+
+        for signum in previous_handlers:
+            signal.signal(signum, stopping)
 
     def watch_maintenance_events(self, base_url: str | None = None, poll_seconds: float = 5.0) -> bool:
         """Poll the GCE metadata server in a thread; False (nothing started) when it does not answer."""

@@ -6,7 +6,11 @@
 Training is split into `train.progressive.stages` stages of equal length. The first stage uses the
 `*_start` values, the last one the run's own (model.image_size, data.randaug_magnitude, data.mixup_alpha,
 data.cutmix_alpha, model.dropout_rate), the stages between are spaced linearly; image sizes are rounded
-to `image_size_step` pixels. Evaluation always runs at model.image_size, the size the model is for.
+to `image_size_step` pixels. Evaluation always runs at model.image_size, the size the model is for. The
+last stage may train below it (`image_size_end`): random crops make objects look larger in training than
+in the centre-cropped evaluation, so testing at a higher resolution than the last training size helps
+(Touvron et al., 2019, "Fixing the train-test resolution discrepancy"; EfficientNetV2 evaluates above its
+last training size too).
 Small images early make the early epochs cheap; weak regularisation while the images are small, and
 stronger regularisation once they are large, keeps accuracy (the paper's observation).
 """
@@ -62,10 +66,14 @@ class ProgressiveSchedule:
         step = int(spec.image_size_step)
         if step < 1:
             raise UserError(f"train.progressive.image_size_step must be at least 1, got {step}")
-        final_size = int(config.model.image_size)
+        eval_size = int(config.model.image_size)
+        final_size = int(spec.image_size_end) if spec.get("image_size_end") is not None else eval_size
+        if not 0 < final_size <= eval_size:
+            raise UserError(f"train.progressive.image_size_end must be between 1 and model.image_size "
+                            f"({eval_size}), got {final_size}")
         start_size = int(spec.image_size_start) if spec.image_size_start is not None else _round_size(final_size / 2, step)
         if not 0 < start_size <= final_size:
-            raise UserError(f"train.progressive.image_size_start must be between 1 and model.image_size "
+            raise UserError(f"train.progressive.image_size_start must be between 1 and the last stage's size "
                             f"({final_size}), got {start_size}")
         d = config.data
         ends = {
