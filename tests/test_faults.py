@@ -197,15 +197,15 @@ def test_signals_after_a_stop_are_ignored_for_a_grace_period_then_reach_the_old_
     try:
         preemption.reset()
         with preemption.handle_signals() as stop:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # handled before it returns
             assert stop.requested and stop.reason == "SIGINT"
         assert received == []
         # The command line is printing its line and exiting: a repeated Ctrl-C must not reach the old handler
         # (by default, KeyboardInterrupt and a death by signal instead of exit status 75).
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # handled before it returns
         assert received == [] and signal.getsignal(signal.SIGINT) is not old_handler
         monkeypatch.setattr(preemption.time, "monotonic", lambda: float("inf"))  # the grace period is over
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # handled before it returns
         assert received == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is old_handler
         preemption.reset()
         with preemption.handle_signals() as stop:  # without a stop the old handlers come straight back
