@@ -119,12 +119,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
             )
             # The kernel returns the Bessel-corrected batch variance n/(n-1)·var (n/n for n = 1);
             # Keras' moving variance averages the biased one.
-            if None not in tuple(inputs.shape[:-1]):
-                count = float(math.prod(inputs.shape[:-1]))
-                variance = variance * (max(count - 1.0, 1.0) / max(count, 1.0))
-            else:
-                count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
-                variance = variance * (tf.maximum(count - 1.0, 1.0) / tf.maximum(count, 1.0))
+            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
+            variance = variance * (tf.maximum(count - 1.0, 1.0) / tf.maximum(count, 1.0))
             mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
             moving_mean = ops.cast(self.moving_mean, "float32")
             moving_variance = ops.cast(self.moving_variance, "float32")
