@@ -8,6 +8,7 @@ dotted `key=value` overrides, nearest-key suggestions and the resolved-config fi
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -109,6 +110,15 @@ def _unknown_key_error(key: str, config: ml_collections.ConfigDict, origin: str)
     return UserError(f"unknown hparams key {key!r} in {origin}{hint}")
 
 
+def _number_from_text(text: str) -> Any:
+    """A number written as text that YAML 1.1 does not read as one (1e-5, 3E4); other text unchanged."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
+
+
 def set_value(config: ml_collections.ConfigDict, key: str, value: Any, origin: str) -> None:
     """Set one dotted key strictly: it must exist and the value must fit its type."""
     parts = key.split(".")
@@ -126,8 +136,10 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any, origin: s
         merge(config, value, origin, prefix=key + ".")
         return
     current = node[leaf]
+    expected = _NULLABLE_TYPES.get(key) if current is None else type(current)
+    if expected in (int, float) and isinstance(value, str):
+        value = _number_from_text(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
     if current is None and value is not None:
-        expected = _NULLABLE_TYPES.get(key)
         if expected is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):

@@ -97,6 +97,20 @@ def test_values_are_typed() -> None:
     assert config.train.train_steps == 10 and isinstance(config.train.train_steps, int)
 
 
+def test_exponent_notation_is_a_number_in_overrides_and_files(tmp_path: pathlib.Path) -> None:
+    # YAML 1.1 reads 1e-5 (no dot) as a string; a user writes it that way all the same.
+    path = tmp_path / "small.yaml"
+    path.write_text("train:\n  epsilon: 1e-6\n  batch_size: 1E2\n")
+    config = hparams.build_config([str(path), "train.weight_decay=4e-5", "train.max_seconds=1e3"])
+    assert config.train.epsilon == 1e-6 and config.train.weight_decay == 4e-5
+    assert config.train.batch_size == 100 and isinstance(config.train.batch_size, int)
+    assert config.train.max_seconds == 1000.0
+    with pytest.raises(UserError, match="takes a number"):
+        hparams.build_config(["train.epsilon=small"])
+    with pytest.raises(UserError, match="takes a number"):
+        hparams.build_config(["train.epsilon=nan"])
+
+
 def test_missing_or_invalid_yaml(tmp_path: pathlib.Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         hparams.build_config([str(tmp_path / "nope.yaml")])
