@@ -32,6 +32,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+import hardware  # noqa: E402  (benchmarks/hardware.py: where the figures were measured)
+
 PLACES = ("host", "device")
 
 
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.set_verbosity(logging.WARNING)
     os.makedirs(args.work_dir, exist_ok=True)
-    results: dict = {"augment": args.augment, "seed": args.seed, "epochs": args.epochs, "overrides": args.override}
+    results: dict = {"augment": args.augment, "seed": args.seed, "epochs": args.epochs, "overrides": args.override,
+                     "hardware": hardware.describe()}
+    print(hardware.describe_line(results["hardware"]), flush=True)
     for place in PLACES:
         results[place] = run(place, args)
         r = results[place]

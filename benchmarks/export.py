@@ -31,6 +31,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+import hardware  # noqa: E402  (benchmarks/hardware.py: where the figures were measured)
+
 ARCHIVE_NAME = "imagenette2-224sq-train.tar"
 EXTRACTED_NAME = "imagenette2-224sq"
 
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true", help="reuse models trained by an earlier run under --out")
     parser.add_argument("--calibration_images", type=int, default=200, help="representative images for int8")
     parser.add_argument("--max_eval_images", type=int, default=None, help="cap the hold-out images verified")
-    parser.add_argument("--int8_io", default="int8", choices=("int8", "uint8"))
+    parser.add_argument("--int8_io", default="uint8", choices=("uint8", "int8"))
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "runs", "export_benchmark"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -140,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     os.makedirs(args.out, exist_ok=True)
-    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores", flush=True)
+    machine = hardware.describe()
+    print(hardware.describe_line(machine), flush=True)
     src, data_note = _source(args.data, args.out)
     print(f"data: {data_note}", flush=True)
 
     summary = {"command": "python benchmarks/export.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "data": data_note, "results": []}  # fmt: skip
+               "data": data_note, "hardware": machine, "results": []}  # fmt: skip
     if args.model_dir:
         from efficientnet_tf import model_io
 

@@ -41,6 +41,8 @@ for path in (REPO_ROOT, os.path.dirname(os.path.abspath(__file__))):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+import hardware  # noqa: E402  (benchmarks/hardware.py: where the figures were measured)
+
 from imagenette import ARCHIVE_NAME, extract  # noqa: E402  (benchmarks/imagenette.py)
 
 MODEL = "efficientnet-lite0"
@@ -143,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     train_dir = extract(archive, os.path.join(args.work_dir, "data"))
     dataset = f"folder:{train_dir}"
     results: dict = {"model": MODEL, "weights": args.weights, "epochs": args.epochs, "dataset": dataset,
-                     "note": "Imagenette's train photos are from ImageNet's training set, which the weights have seen"}
+                     "note": "Imagenette's train photos are from ImageNet's training set, which the weights have seen",
+                     "hardware": hardware.describe()}
+    print(hardware.describe_line(results["hardware"]), flush=True)
     if not args.skip_as_is:
         results["as_is"] = evaluate_as_is(args.weights, dataset)
         a = results["as_is"]

@@ -36,6 +36,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+import hardware  # noqa: E402  (benchmarks/hardware.py: where the figures were measured)
+
 ARCHIVE_NAME = "imagenette2-224sq-train.tar"
 TRAIN_SUBDIR = os.path.join("imagenette2-224sq", "train")
 LEADERBOARD_5_EPOCHS_128PX = 85.8  # best 5-epoch, 128 px entry of the fast.ai Imagenette leaderboard (top-1 %)
@@ -198,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Imagenette: {source.num_train} training / {source.num_eval} held-out images, {source.num_classes} "
           f"classes; {config.train.train_steps} steps of {config.train.batch_size} at {config.model.image_size} px; "
           f"TF {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPU cores", flush=True)
+    machine = hardware.describe()
+    print(hardware.describe_line(machine), flush=True)
     results: dict = {"epochs": args.epochs, "image_size": args.image_size, "batch_size": int(config.train.batch_size),
                      "train_images": source.num_train, "holdout_images": source.num_eval,
-                     "recipe": os.path.relpath(args.hparams, REPO_ROOT), "overrides": args.override}
+                     "recipe": os.path.relpath(args.hparams, REPO_ROOT), "overrides": args.override,
+                     "hardware": machine}
     tag = args.tag or f"{args.epochs:g}ep"
     results["label"] = args.label or tag
     if not args.skip_ours:

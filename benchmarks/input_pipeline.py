@@ -1,7 +1,7 @@
 """Images/second per CPU core of the training input pipeline on real photos (Imagenette, 224 px).
 
     python benchmarks/input_pipeline.py [--data ../shared/data | --photos DIR] [--cores 1,2]
-                                        [--batches 20] [--windows 3] [--keras]
+                                        [--batches 20] [--windows 3] [--keras] [--keras_cv]
 
 Extracts `imagenette2-224sq-train.tar` from the shared data folder (default: `../shared/data`
 beside the repository) into a temporary directory, or reads already extracted photos from
@@ -14,7 +14,15 @@ beside the repository) into a temporary directory, or reads already extracted ph
 - the same + RandAugment (N=2, M=10),
 
 and, with `--keras`, a plain Keras 3 pipeline: the same decode and crop followed by
-`keras.layers.RandAugment` (num_ops=2, its default factor 0.5) on each batch.
+`keras.layers.RandAugment` (num_ops=2, its default factor 0.5) on each batch; with `--keras_cv`
+(the `[keras-cv]` extra), the same decode + crop followed by keras-cv on each batch:
+`data.augment_backend=keras_cv` (keras_cv.layers.RandAugment, N=2 and M=10 mapped as
+data/augment_keras_cv.py says) and `keras_cv.layers.AugMix` (its defaults).
+
+The pipelines take turns: each of `--windows` rounds times one window of every pipeline in
+order, each window on a fresh iterator after `--warmup` untimed batches (so an idle pipeline's
+prefetching does not run during another's window), and a ratio to our RandAugment is taken
+within each round; on a shared machine, load moves all pipelines of a round alike.
 
 Each core count runs in a fresh process (TensorFlow's thread pools are sized once per process)
 with TensorFlow's inter- and intra-op pools and the tf.data private thread pool
@@ -31,6 +39,7 @@ photos.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -46,31 +55,34 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+import hardware  # noqa: E402  (benchmarks/hardware.py: where the figures were measured)
+
 ARCHIVE_NAME = "imagenette2-224sq-train.tar"
 PIPELINES = (
     ("none", "decode + crop + flip + resize (= augment_on_device)"),
     ("autoaugment", "  + AutoAugment v0"),
     ("randaugment", "  + RandAugment N=2 M=10"),
     ("keras", "decode + crop + keras.layers.RandAugment"),
+    ("keras_cv", "decode + crop + keras-cv RandAugment N=2 M=10"),
+    ("keras_cv_augmix", "decode + crop + keras-cv AugMix"),
 )
+BASELINE = "randaugment"  # ratios are to our RandAugment, within each round
 # Per-core targets (images/s): what the host must sustain per core for the pipeline not to be the bottleneck.
 TARGETS = {"none": 250.0, "autoaugment": 150.0}
 
 
-def _time_dataset(dataset, batches: int, warmup: int, windows: int) -> dict[str, list[float]]:
-    """Per window of `batches` batches (after `warmup` batches: tracing, autotuning): images per second
-    of wall time and per second of this process's CPU time (all threads)."""
+def _time_window(dataset, batches: int, warmup: int) -> tuple[float, float]:
+    """One window of `batches` batches on a fresh iterator, after `warmup` batches (autotuning): images per
+    second of wall time and per second of this process's CPU time (all threads)."""
     iterator = iter(dataset)
     for _ in range(warmup):
         next(iterator)
-    rates: dict[str, list[float]] = {"wall": [], "cpu": []}
-    for _ in range(windows):
-        images = 0
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for _ in range(batches):
-            images += int(next(iterator)[0].shape[0])
-        rates["wall"].append(images / (time.perf_counter() - start))
-        rates["cpu"].append(images / (time.process_time() - cpu_start))
+    images = 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        images += int(next(iterator)[0].shape[0])
+    rates = images / (time.perf_counter() - start), images / (time.process_time() - cpu_start)
+    del iterator  # stops its prefetching threads before the next pipeline's window
     return rates
 
 
@@ -97,6 +109,19 @@ def _keras_randaugment_dataset(src, image_size: int, batch_size: int, seed: int)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def _keras_cv_augmix_dataset(src, common: dict):
+    """Our decode + Inception crop + flip + resize, then keras_cv.layers.AugMix (its defaults) per batch."""
+    # Imported here: keras-cv is an optional extra (`--keras_cv`).
+    import keras_cv
+    import tensorflow as tf
+
+    from efficientnet_tf import data
+
+    layer = keras_cv.layers.AugMix(value_range=(0, 255), seed=common["seed"])
+    dataset = data.build_train_dataset(src, augment="none", **common)
+    return dataset.map(lambda x, y: (layer(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _child(args: argparse.Namespace) -> int:
     """Measure every pipeline with `args.cores` cores; print one JSON line of {pipeline: [rates]}."""
     cores = int(args.cores)
@@ -119,21 +144,35 @@ def _child(args: argparse.Namespace) -> int:
                   randaug_num_layers=int(defaults.randaug_num_layers),
                   randaug_magnitude=float(defaults.randaug_magnitude), mixup_alpha=0.0, cutmix_alpha=0.0,
                   min_crop_area=float(defaults.min_crop_area))
-    results = {}
+    datasets = {}
     for key, _ in PIPELINES:
         if key == "keras":
             if not args.keras:
                 continue
             dataset = _keras_randaugment_dataset(src, args.image_size, args.batch_size, args.seed)
+        elif key == "keras_cv":
+            if not args.keras_cv:
+                continue
+            dataset = data.build_train_dataset(src, augment="randaugment", augment_backend="keras_cv", **common)
+        elif key == "keras_cv_augmix":
+            if not args.keras_cv:
+                continue
+            dataset = _keras_cv_augmix_dataset(src, common)
         else:
             dataset = data.build_train_dataset(src, augment=key, **common)
-        rates = _time_dataset(dataset.with_options(options), args.batches, args.warmup, args.windows)
-        results[key] = rates
-        print(f"  {cores} core(s), {key}: " + " ".join(f"{r:.1f}" for r in rates["wall"]) + " images/s; "
-              + " ".join(f"{r:.1f}" for r in rates["cpu"]) + " images per CPU-second", file=sys.stderr, flush=True)
-        del dataset  # its prefetching threads would bill the next pipeline's CPU time
+        datasets[key] = dataset.with_options(options)
+    results = {key: {"wall": [], "cpu": []} for key in datasets}
+    load = [os.getloadavg()[0]]
+    for window in range(args.windows):  # the pipelines take turns, one window each per round
+        for key, dataset in datasets.items():
+            wall, cpu = _time_window(dataset, args.batches, args.warmup)
+            results[key]["wall"].append(wall)
+            results[key]["cpu"].append(cpu)
+            print(f"  {cores} core(s), round {window + 1}, {key}: {wall:.1f} images/s, {cpu:.1f} images per "
+                  "CPU-second", file=sys.stderr, flush=True)
+        load.append(os.getloadavg()[0])
     print(json.dumps({"cores": cores, "num_images": src.num_train, "bad_files": len(src.bad_files),
-                      "rates": results}))
+                      "rates": results, "load": load}))
     return 0
 
 
@@ -147,6 +186,27 @@ def _photos(args: argparse.Namespace, tmp: str) -> str | None:
     with tarfile.open(archive) as tar:
         tar.extractall(tmp, filter="data")
     return os.path.join(tmp, "imagenette2-224sq", "train")
+
+
+def _print_ratios(runs: dict, core_counts: list[int]) -> None:
+    """Each pipeline's rate over our RandAugment's in the same round (median over rounds)."""
+    rates = runs[core_counts[0]]["rates"]
+    if BASELINE not in rates or len(rates) < 2:
+        return
+    print(f"\nRatio to {dict(PIPELINES)[BASELINE].strip()} in the same round (median over rounds)")
+    header = "".join(f" {c} core{'s' if c > 1 else ''}: img/s ratio | per CPU-s ratio |" for c in core_counts)
+    print(f"| pipeline |{header}")
+    print("|---|" + "---:|---:|" * len(core_counts))
+    for key, name in PIPELINES:
+        if key not in rates or key == BASELINE:
+            continue
+        cells = []
+        for cores in core_counts:
+            measured = runs[cores]["rates"]
+            ratios = [statistics.median(a / b for a, b in zip(measured[key][kind], measured[BASELINE][kind]))
+                      for kind in ("wall", "cpu")]
+            cells.append(f" {ratios[0]:.2f} | {ratios[1]:.2f} |")
+        print(f"| {name.strip()} |{''.join(cells)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=4, help="untimed batches first (tracing, autotuning)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keras", action="store_true", help="also time keras.layers.RandAugment")
+    parser.add_argument("--keras_cv", action="store_true",
+                        help="also time keras-cv's RandAugment (data.augment_backend=keras_cv) and AugMix")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -172,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     core_counts = [int(c) for c in args.cores.split(",")]
     if max(core_counts) > available:
         parser.error(f"--cores asks for {max(core_counts)} cores, this process may use {available}")
+    if args.keras_cv and importlib.util.find_spec("keras_cv") is None:
+        parser.error("--keras_cv needs keras-cv, which is not installed: pip install -e '.[keras-cv]'")
     with tempfile.TemporaryDirectory(prefix="imagenette_bench_") as tmp:
         started = time.perf_counter()
         photos = _photos(args, tmp)
@@ -179,18 +243,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"SKIP: no photos; pass --data pointing at the folder that holds {ARCHIVE_NAME}, or --photos")
             return 0
         print(f"photos in {photos} ready in {time.perf_counter() - started:.1f}s; {available} CPU cores available")
+        print(hardware.describe_line(), flush=True)
         runs = {}
         for cores in core_counts:
             command = [sys.executable, os.path.abspath(__file__), "--child", "--photos", photos, "--cores", str(cores),
                        "--image_size", str(args.image_size), "--batch_size", str(args.batch_size),
                        "--batches", str(args.batches), "--windows", str(args.windows), "--warmup", str(args.warmup),
-                       "--seed", str(args.seed)] + (["--keras"] if args.keras else [])
+                       "--seed", str(args.seed)] + (["--keras"] if args.keras else []) \
+                + (["--keras_cv"] if args.keras_cv else [])
             done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
             runs[cores] = json.loads(done.stdout.strip().splitlines()[-1])
 
     first = runs[core_counts[0]]
     print(f"\nTraining input pipeline, {first['num_images']} photos, {args.image_size} px, batch {args.batch_size}, "
-          f"median of {args.windows} windows of {args.batches} batches")
+          f"median of {args.windows} rounds of one {args.batches}-batch window per pipeline")
     header = "".join(f" {c} core{'s' if c > 1 else ''}: img/s | per core | per CPU-s |" for c in core_counts)
     print(f"| pipeline |{header} target per core |")
     print("|---|" + "---:|---:|---:|" * len(core_counts) + "---:|")
@@ -211,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
             worst = min(min(per_core), min(per_cpu_second))
             verdicts.append(f"{name.strip()}: worst {min(per_core):.1f} img/s per core, {min(per_cpu_second):.1f} "
                             f"per CPU-second; target {target:.0f}: " + ("OK" if worst >= target else "NOT REACHED"))
+    _print_ratios(runs, core_counts)
+    print("load average (1 min) at the start and after each round: " + "; ".join(
+        f"{c} core{'s' if c > 1 else ''}: " + " ".join(f"{x:.2f}" for x in runs[c]["load"]) for c in core_counts))
     print()
     print("\n".join(verdicts))
     if first["bad_files"]:

@@ -21,6 +21,7 @@ decide it, the ratio of images per second of process CPU time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -32,6 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+import hardware  # noqa: E402  (benchmarks/hardware.py: where the figures were measured)
 
 NUM_CLASSES = 1000
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="steps per timing window")
     parser.add_argument("--windows", type=int, default=7, help="alternating timing windows per model (at least 5)")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS, help="Keras dtype policy of both models")
+    parser.add_argument("--out", default=None, help="also write the results, with the hardware, to this JSON file")
     args = parser.parse_args(argv)
     if args.windows < 5:
         parser.error("--windows must be at least 5")
@@ -133,9 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(args.precision)
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    machine = hardware.describe()
     print(f"Training throughput, EfficientNet-B0, batch {args.batch_size}, {args.precision}, {args.windows} "
           f"alternating windows of {args.steps} steps, {device} ({os.cpu_count()} cores), TF {tf.__version__}, "
           f"Keras {keras.__version__}")
+    print(hardware.describe_line(machine), flush=True)
+    windows = {}
     rows = []
     for resolution in (int(r) for r in args.resolutions.split(",")):
         result = measure(resolution, args.batch_size, args.steps, args.windows)
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{resolution} px windows, ours/keras:  " + " ".join(f"{x:.2f}" for x in pairs), flush=True)
         cpu_ratio = statistics.median(result["ours_cpu"]) / statistics.median(result["keras_cpu"])
         rows.append((resolution, ours, ref, ours / ref, statistics.median(pairs), min(pairs), max(pairs), cpu_ratio))
+        windows[resolution] = result
         keras.backend.clear_session()
     print()
     print("| resolution | ours img/s (median) | keras img/s (median) | ratio of medians | median window ratio "
@@ -154,6 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     for resolution, ours, ref, ratio, median_pair, low, high, cpu_ratio in rows:
         print(f"| {resolution} | {ours:.2f} | {ref:.2f} | {ratio:.2f} | {median_pair:.2f} | {low:.2f}–{high:.2f} "
               f"| {cpu_ratio:.2f} |")
+    end_load = hardware.load_average()
+    print(f"load average at the end: {' / '.join(f'{x:.1f}' for x in end_load) if end_load else 'unknown'} "
+          "(1/5/15 min; other jobs on the machine slow both models alike, window by window)")
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump({"hardware": {**machine, "load_average_at_end": end_load}, "batch_size": args.batch_size,
+                       "precision": args.precision, "steps": args.steps,
+                       "results": [dict(zip(("resolution", "ours_images_per_second", "keras_images_per_second",
+                                             "ratio_of_medians", "median_window_ratio", "min_window_ratio",
+                                             "max_window_ratio", "ratio_per_cpu_second"), row)) for row in rows],
+                       "windows": windows}, handle, indent=2)
     return 0
 
 

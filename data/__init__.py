@@ -10,7 +10,7 @@ This package knows nothing of the model; it depends only on TensorFlow, absl and
 In the repository it lives in `data/`, installed as `efficientnet_tf.data`.
 """
 
-from . import augment, augment_device, mixing, preprocessing
+from . import augment, augment_device, augment_keras_cv, mixing, preprocessing
 from .pipeline import AUGMENTATIONS, build_eval_dataset, build_train_dataset, sample_images
 from .sources import DEFAULT_DATASET, Source, SyntheticSource, get_source, synthetic_dataset_fn
 
@@ -21,6 +21,7 @@ __all__ = [
     "SyntheticSource",
     "augment",
     "augment_device",
+    "augment_keras_cv",
     "build_eval_dataset",
     "build_train_dataset",
     "get_source",

@@ -2,7 +2,9 @@
 
 Training: shard per input pipeline → (cache encoded bytes) → shuffle → repeat → per element, in
 parallel: read, decode with the Inception crop, flip, resize, augment (AutoAugment v0, RandAugment
-or none) → batch (drop remainder) → one-hot labels, mixup / cutmix → prefetch.
+or none) → batch (drop remainder) → [keras-cv's RandAugment per batch, with
+augment_backend="keras_cv", instead of the per-image augment] → one-hot labels, mixup / cutmix
+→ prefetch.
 Evaluation: shard → read, centre crop, resize → batch → prefetch, one pass.
 
 Every random choice is drawn from a per-element seed folded from (seed, input pipeline, element
@@ -21,7 +23,7 @@ from absl import logging
 from efficientnet_tf.errors import UserError
 
 from . import augment as augment_lib
-from . import mixing, preprocessing
+from . import augment_keras_cv, mixing, preprocessing
 from ._guard import OK, guarded_map, label_status
 from .sources import Source
 
@@ -84,16 +86,21 @@ def build_train_dataset(
     deterministic: bool = False,
     cache: bool = False,
     input_context: tf.distribute.InputContext | None = None,
+    augment_backend: str = "native",
 ) -> tf.data.Dataset:
     """Infinite shuffled batches (float32 [B, H, W, 3] in 0..255, float32 one-hot [B, classes]).
 
     The augmentation settings have no defaults here: they come from the config (`data:` section
     of hparams/defaults.yaml); `seed=None` draws a random seed unless `deterministic`.
+    `augment_backend="keras_cv"` runs keras-cv's RandAugment on each batch instead of the native
+    per-image ops (data/augment_keras_cv.py; RandAugment only, not deterministic).
     """
     method = _check_common(image_size, batch_size, resize_method)
     if not 0.0 < float(min_crop_area) <= 1.0:
         raise UserError(f"min_crop_area must be in (0, 1], got {min_crop_area}")
     augment = check_augmentation(augment, randaug_num_layers, randaug_magnitude, mixup_alpha, cutmix_alpha)
+    backend = augment_keras_cv.check_backend(augment_backend, augment, magnitude=randaug_magnitude,
+                                             deterministic=deterministic)
     if src.num_train == 0:
         raise UserError(f"dataset {src.name} has no training images ({src.location})")
     if input_context is not None and src.num_train < input_context.num_input_pipelines:
@@ -112,6 +119,11 @@ def build_train_dataset(
     num_classes = src.num_classes
     base_seed = _pipeline_seed(seed, input_context)
     pipeline_id = input_context.input_pipeline_id if input_context is not None else 0
+    keras_cv_augment = None
+    if backend == "keras_cv" and augment != "none":
+        keras_cv_augment = augment_keras_cv.batch_augmenter(randaug_num_layers, randaug_magnitude,
+                                                            seed + 7919 * pipeline_id)
+        augment = "none"  # the per-image native ops are skipped; keras-cv augments each batch
 
     records = src.records("train", input_context, shuffle_files=True, seed=seed + 7919 * pipeline_id)
     if cache:
@@ -164,6 +176,8 @@ def build_train_dataset(
     if augment != "none":
         dataset = dataset.map(augment_image, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=True)
+    if keras_cv_augment is not None:
+        dataset = dataset.map(keras_cv_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     mix_seed = tf.random.experimental.stateless_fold_in(base_seed, -1)
 
     @tf.autograph.experimental.do_not_convert

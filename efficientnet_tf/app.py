@@ -161,6 +161,7 @@ def dataset_functions(config: Any, source: Any) -> tuple[Any, Any]:
             mixup_alpha=mixup if on_host else 0.0, cutmix_alpha=cutmix if on_host else 0.0,
             min_crop_area=float(d.min_crop_area), seed=config.train.seed,
             deterministic=bool(config.train.deterministic), cache=bool(d.cache), input_context=context,
+            augment_backend=str(d.augment_backend),
         )
 
     def eval_fn(context: Any) -> Any:
@@ -208,9 +209,11 @@ class PreparedRun:
 
 def resolve_training_config(config: Any, info: Any, source: Any) -> Any:
     """Fill the derived values from the data source and the hardware; check the batch split."""
-    from efficientnet_tf import hparams, training
+    from efficientnet_tf import data, hparams, training
 
     resolved = hparams.resolve(config, num_classes=int(source.num_classes), num_train=int(source.num_train))
+    if resolved.data.augment_backend == "keras_cv" and resolved.data.augment != "none":
+        data.augment_keras_cv.load_keras_cv()  # a missing [keras-cv] extra: one line, before the run dir is touched
     resolved.runtime.mixed_precision = training.precision_policy(resolved.runtime.mixed_precision, info.device_type)
     resolved.runtime.jit_compile = str(training.use_xla(resolved.runtime.jit_compile, info.device_type)).lower()
     training.check_batch_size(int(resolved.train.batch_size), info)
@@ -395,8 +398,9 @@ class EvalOutcome:
 
 
 def evaluate(config: Any, model_dir: str, *, checkpoint: str | None = None, hardware: Hardware = Hardware(),
-             ready: Callable[[], None] | None = None) -> EvalOutcome:
-    """Evaluate a run's checkpoint (latest, best or a prefix), or every new one when eval.continuous."""
+             ready: Callable[[], None] | None = None, explain: bool = False) -> EvalOutcome:
+    """Evaluate a run's checkpoint (latest, best or a prefix), or every new one when eval.continuous;
+    each gets a report in <model_dir>/evaluation/step-<N> (`explain`: Grad-CAM on its highest-loss grid)."""
     from efficientnet_tf import training
 
     info = make_strategy(config, hardware)
@@ -410,6 +414,7 @@ def evaluate(config: Any, model_dir: str, *, checkpoint: str | None = None, hard
     metrics = training.evaluate_checkpoints(
         config, info, model_dir, eval_fn, checkpoint=checkpoint, continuous=bool(config.eval.continuous),
         timeout_seconds=float(config.eval.timeout_seconds), poll_seconds=float(config.eval.poll_seconds),
+        explain=explain,
     )
     return EvalOutcome(config, RunDir(model_dir), metrics, info.is_chief)
 
@@ -422,10 +427,12 @@ class ExportOutcome:
     export_dir: str
 
     def summary(self) -> str:
-        """The verification table and the artifacts' directory."""
+        """The verification table, the artifacts' directory and the files in it."""
         from efficientnet_tf import export
 
-        return f"{export.format_report(self.report)}\nArtifacts in {self.export_dir}"
+        files = sorted({row["path"].split(os.sep)[0] for row in self.report["artifacts"] if row.get("path")})
+        return (f"{export.format_report(self.report)}\nArtifacts in {self.export_dir}: {', '.join(files)} "
+                f"(report: export_report.json)")
 
 
 def export(
@@ -437,49 +444,100 @@ def export(
     formats: Sequence[str] | None = None,
     calibration_images: int,
     eval_images: int,
+    int8_io: str = "uint8",
+    license: str = "",
+    author: str = "",
     ready: Callable[[], None] | None = None,
 ) -> ExportOutcome:
-    """SavedModel and TFLite artifacts from a run's checkpoint (EMA weights), verified on held-out images."""
-    from efficientnet_tf import data, export as exporter, model_io
+    """SavedModel, TFLite and ONNX artifacts from a run's checkpoint (EMA weights), verified on held-out images.
 
+    Formats default to every one this installation can write; the .tflite files carry standard
+    metadata (name, description, version = the checkpoint, `license`, `author`, normalisation, labels).
+    """
+    from efficientnet_tf import __version__, data, export as exporter, model_io
+
+    # Formats and extras first: a mistake here costs one line and touches nothing.
+    chosen = exporter.default_formats() if not formats else exporter.check_formats(formats)
+    if "onnx" in chosen:
+        exporter.onnx.check_available()
     run = RunDir(model_dir)
     path = run.checkpoint(checkpoint)
     source = load_source(config)
     if ready:
         ready()
-    model = model_io.build_model_from_config(config, classifier_activation="softmax")
+    import keras  # as in configure_randomness: TensorFlow loads only once a command needs it
+
+    # float32 artifacts whatever precision trained the checkpoint (app.train may have left a mixed policy set).
+    trained_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        model = model_io.build_model_from_config(config, classifier_activation="softmax")
+    finally:
+        keras.mixed_precision.set_global_policy(trained_policy)
     model_io.restore_weights(model, path)
     size, method = int(config.model.image_size), str(config.data.resize_method)
     calibration = data.sample_images(source, int(calibration_images), size, method).numpy()
     images, labels = evaluation_arrays(config, source, int(eval_images))
     target = export_dir or run.export_dir
-    kwargs: dict[str, Any] = {"formats": list(formats)} if formats else {}
-    report = exporter.run_export(model, class_names=run.read_labels() or [], image_size=size, resize_method=method,
-                                 export_dir=target, representative_images=calibration, eval_images=images,
-                                 eval_labels=labels, **kwargs)
+    names = run.read_labels() or []
+    model_info = {
+        "name": str(config.model.name),
+        "description": (f"{config.model.name} image classifier of {len(names) or config.model.num_classes} classes "
+                        f"({config.data.dataset}), {size}x{size} RGB; trained and exported with efficientnet-tf "
+                        f"{__version__}"),
+        "version": os.path.basename(path),
+        "license": license,
+        "author": author,
+    }
+    report = exporter.run_export(model, class_names=names, image_size=size, resize_method=method,
+                                 export_dir=target, formats=chosen, representative_images=calibration,
+                                 eval_images=images, eval_labels=labels, int8_io=int8_io, model_info=model_info)
     return ExportOutcome(report, target)
 
 
 @dataclasses.dataclass
 class PredictOutcome:
-    """Top-k (class name, probability) per image."""
+    """A prediction run (efficientnet_tf.export.predict.PredictionRun): rows, skipped files, timing."""
 
-    images: list[str]
-    results: list[list[tuple[str, float]]]
+    model: str
+    run: Any
+
+    @property
+    def images(self) -> list[str]:
+        return [row.path for row in self.run.rows]
+
+    @property
+    def results(self) -> list[list[tuple[str, float]]]:
+        """Top-k (class name, probability) per classified image."""
+        return self.run.top_k()
 
     def report(self) -> str:
-        """One block per image."""
+        """One block per image when no --output was given, then a summary line (and where files went)."""
         from efficientnet_tf import export
 
-        return export.format_predictions(self.images, self.results)
+        run = self.run
+        lines = [] if run.output else [export.format_predictions(self.images, self.results)]
+        lines.append(f"Classified {len(run.rows)} image(s) with {self.model} in {run.seconds:.1f}s "
+                     f"({run.images_per_second:.1f} images/s)"
+                     + (f"; {len(run.bad_files)} unreadable file(s) skipped" if run.bad_files else ""))
+        if run.output:
+            lines.append(f"  results: {run.output}")
+        if run.explain_dir:
+            lines.append(f"  Grad-CAM overlays: {run.explain_dir}")
+        return "\n".join(lines)
 
 
-def predict(path: str, images: Sequence[str], *, checkpoint: str | None = None, top_k: int = 5) -> PredictOutcome:
-    """Classify image files with a run directory, an export directory, a SavedModel, .tflite or .keras."""
-    from efficientnet_tf import export
+def predict(path: str, images: Sequence[str], *, checkpoint: str | None = None, top_k: int = 5,
+            output: str | None = None, batch_size: int | None = None, explain_dir: str | None = None,
+            progress: bool = True) -> PredictOutcome:
+    """Classify image files, folders (recursively) and globs with a run directory, an export directory,
+    a SavedModel, or a .keras, .tflite or .onnx file; rows go to `output` (.csv / .jsonl) as they come."""
+    from efficientnet_tf.export import predict as predictions
 
-    results = export.run_predict(path, list(images), top_k=top_k, checkpoint=checkpoint)
-    return PredictOutcome(list(images), results)
+    run = predictions.predict_files(path, list(images), top_k=top_k, checkpoint=checkpoint, output=output,
+                                    batch_size=batch_size or predictions.DEFAULT_BATCH_SIZE,
+                                    explain_dir=explain_dir, progress=progress)
+    return PredictOutcome(path, run)
 
 
 def summary(model_names: Sequence[str] | None = None) -> str:

@@ -70,9 +70,24 @@ flags.DEFINE_string("checkpoint", None, "eval / export / predict: checkpoint pre
 flags.DEFINE_integer("seed", None, "Random seed for weights, input pipeline and dropout.")
 flags.DEFINE_boolean("deterministic", None, "Deterministic ops and input order (slower); with --seed, "
                      "reruns and resumed runs give the same weights.")
-flags.DEFINE_multi_string("image", [], "predict: an image file to classify (repeatable).")
+flags.DEFINE_multi_string("image", [], "predict: an image file, a folder (read recursively) or a glob such as "
+                          "'photos/**/*.jpg' (repeatable).")
+flags.DEFINE_string("output", None, "predict: write the top-k of every image to this .csv or .jsonl file (rows are "
+                    "written as they come; Ctrl-C keeps those written).")
+flags.DEFINE_integer("top_k", 5, "predict: how many classes to list per image.")
+flags.DEFINE_boolean("explain", False, "predict and eval: Grad-CAM heat-map overlays (Keras models and training "
+                     "runs): predict writes one PNG per image beside --output (<name>_gradcam/), eval adds them to "
+                     "the highest-loss grid.")
 flags.DEFINE_string("export_dir", None, "export: where the artifacts go (default: <model_dir>/export).")
-flags.DEFINE_list("export_formats", None, "export: formats to write (default: all the exporter knows).")
+flags.DEFINE_list("export_formats", None, "export: formats to write: saved_model, tflite_float32, tflite_float16, "
+                  "tflite_dynamic, tflite_int8, onnx, or the groups tflite and all (default: every format this "
+                  "installation can write; onnx needs the [onnx] extra).")
+flags.DEFINE_boolean("export", False, "train / train_and_eval: export the final checkpoint when training ends "
+                     "(every format, verified as --mode=export does).")
+flags.DEFINE_enum("export_int8_io", "uint8", ["uint8", "int8"], "export: input/output type of the int8 TFLite "
+                  "model (uint8: camera pixels as they are, what MediaPipe and Android feed).")
+flags.DEFINE_string("export_license", "Apache-2.0", "export: licence written into the .tflite metadata.")
+flags.DEFINE_string("export_author", "", "export: author written into the .tflite metadata.")
 flags.DEFINE_integer("export_calibration_images", 200, "export: training images used to calibrate int8.")
 flags.DEFINE_integer("export_eval_images", 500, "export: held-out images used to verify the artifacts.")
 flags.DEFINE_string("study", None, "scaling_study: a preset in hparams/studies (smoke, cpu, gpu) or a study YAML "
@@ -190,6 +205,19 @@ def _run_study() -> int:
     return 0
 
 
+def _export(application: Any, model_dir: str, config: Any) -> None:
+    """Export a run, print the verification table; a format that failed to convert is an error line."""
+    outcome = application.export(config, model_dir, checkpoint=FLAGS.checkpoint, export_dir=FLAGS.export_dir,
+                                 formats=FLAGS.export_formats, calibration_images=FLAGS.export_calibration_images,
+                                 eval_images=FLAGS.export_eval_images, int8_io=FLAGS.export_int8_io,
+                                 license=FLAGS.export_license, author=FLAGS.export_author, ready=_log_progress)
+    print(outcome.summary())
+    failed = outcome.report.get("failed_formats") or []
+    if failed:
+        raise CommandError(f"{', '.join(failed)} could not be written (see the lines above); the other formats are "
+                           f"in {outcome.export_dir}")
+
+
 def run_mode(mode: str) -> int:
     """Run one --mode through the application layer and print its report."""
     if FLAGS.study and mode != "scaling_study":
@@ -206,24 +234,31 @@ def run_mode(mode: str) -> int:
                                     ready=_log_progress)
         if outcome.is_chief:
             print(outcome.report())
+            if FLAGS.export:
+                # The run's own resolved config: re-applying --hparams files would undo what training resolved.
+                _export(application, outcome.run.path, application.run_config(outcome.run.path))
     elif mode in ("eval", "export"):
         model_dir = _model_dir(application)
         config = _run_config(application, model_dir)
         if mode == "eval":
             outcome = application.evaluate(config, model_dir, checkpoint=FLAGS.checkpoint,
-                                           hardware=_hardware(application), ready=_log_progress)
+                                           hardware=_hardware(application), ready=_log_progress,
+                                           explain=FLAGS.explain)
             if outcome.is_chief:
                 print(outcome.report())
         else:
-            print(application.export(config, model_dir, checkpoint=FLAGS.checkpoint, export_dir=FLAGS.export_dir,
-                                     formats=FLAGS.export_formats, calibration_images=FLAGS.export_calibration_images,
-                                     eval_images=FLAGS.export_eval_images, ready=_log_progress).summary())
+            _export(application, model_dir, config)
     elif mode == "predict":
         # Anything but latest / best names an artifact: a SavedModel directory, a .tflite or a .keras file.
         artifact = FLAGS.checkpoint if FLAGS.checkpoint and FLAGS.checkpoint not in ("latest", "best") else None
         path = artifact or _model_dir(application)
         _log_progress()
-        print(application.predict(path, FLAGS.image, checkpoint=None if artifact else FLAGS.checkpoint).report())
+        explain_dir = None
+        if FLAGS.explain:
+            explain_dir = f"{os.path.splitext(FLAGS.output)[0]}_gradcam" if FLAGS.output else "predict_gradcam"
+        print(application.predict(path, FLAGS.image, checkpoint=None if artifact else FLAGS.checkpoint,
+                                  top_k=FLAGS.top_k, output=FLAGS.output, batch_size=FLAGS.batch_size,
+                                  explain_dir=explain_dir).report())
     else:
         print(application.summary((FLAGS.model,) if FLAGS.model else None))
     return 0

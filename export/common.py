@@ -16,8 +16,11 @@ from efficientnet_tf.rundir import LABELS_FILE, read_labels_file, write_labels_f
 
 SAVED_MODEL = "saved_model"
 TFLITE_FORMATS = ("tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8")
-FORMATS = (SAVED_MODEL, *TFLITE_FORMATS)
-INT8_IO_TYPES = ("int8", "uint8")
+ONNX = "onnx"
+FORMATS = (SAVED_MODEL, *TFLITE_FORMATS, ONNX)
+# Names that stand for several formats in --export_formats.
+FORMAT_GROUPS = {"tflite": TFLITE_FORMATS, "all": FORMATS}
+INT8_IO_TYPES = ("uint8", "int8")  # the first is the default: what cameras and MediaPipe feed
 
 EXPORT_INFO_FILE = "export_info.json"
 REPORT_FILE = "export_report.json"
@@ -31,18 +34,23 @@ IMAGES_SIGNATURE = "serving_images"
 BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
 DEFAULT_TOP_K = 5
+# Signature of the SavedModel that the TFLite and ONNX converters read.
+SOURCE_SIGNATURE = "serving_default"
 
 
 def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-    """Validate export format names and return them de-duplicated in canonical order."""
+    """Validate export format names (or the groups `tflite`, `all`) and return them de-duplicated in canonical order."""
     if isinstance(formats, str):
         formats = [f for f in formats.split(",") if f.strip()]
-    wanted = [f.strip().lower() for f in formats]
+    wanted: list[str] = []
+    for name in (f.strip().lower() for f in formats):
+        wanted += FORMAT_GROUPS.get(name, (name,))
     unknown = [f for f in wanted if f not in FORMATS]
+    choices = ", ".join([*FORMATS, *FORMAT_GROUPS])
     if unknown:
-        raise UserError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+        raise UserError(f"unknown export format(s) {', '.join(unknown)}; choose from {choices}")
     if not wanted:
-        raise UserError(f"no export format given; choose from {', '.join(FORMATS)}")
+        raise UserError(f"no export format given; choose from {choices}")
     return tuple(f for f in FORMATS if f in wanted)
 
 
@@ -212,3 +220,24 @@ def path_size(path: str) -> int:
 def default_class_names(num_classes: int) -> list[str]:
     """Placeholder names when an artifact carries none."""
     return [f"class_{i}" for i in range(num_classes)]
+
+
+def write_conversion_source(
+    model: keras.Model, directory: str, *, image_size: int, probabilities: bool, batch: int | None = 1
+) -> str:
+    """Write the SavedModel a converter reads: float images [batch, H, W, 3] -> probabilities.
+
+    TFLite takes one image per call (batch 1); ONNX keeps the batch dynamic (None).
+
+    The converter does not capture Keras 3 variables from a concrete function (the weights come out
+    missing), but it freezes them correctly when reading a SavedModel, so we go through one.
+    """
+    predict = probabilities_fn(model, probabilities)
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint(
+        SOURCE_SIGNATURE,
+        lambda images: {"probabilities": predict(images)},
+        input_signature=[tf.TensorSpec([batch, image_size, image_size, 3], tf.float32, name=IMAGES_INPUT)],
+    )
+    archive.write_out(directory, verbose=False)
+    return directory

@@ -12,12 +12,21 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf.errors import UserError, first_line
-from efficientnet_tf.export import common
+from efficientnet_tf.export import common, mediapipe_check, onnx
 from efficientnet_tf.export.saved_model import export_saved_model
 from efficientnet_tf.export.tflite import LITERT_THREADS, export_tflite
 from efficientnet_tf.export.verify import format_report, verify_artifacts
 
 _RANDOM_EVAL_IMAGES = 8
+
+
+def default_formats() -> tuple[str, ...]:
+    """Every format this installation can write: ONNX only with the [onnx] extra (else one log line)."""
+    if onnx.missing_packages():
+        logging.warning("ONNX export skipped: %s is not installed (%s)", " and ".join(onnx.missing_packages()),
+                        onnx.EXTRA_HINT)  # fmt: skip
+        return tuple(f for f in common.FORMATS if f != common.ONNX)
+    return common.FORMATS
 
 
 def _check_images(name: str, images: np.ndarray | None, image_size: int) -> np.ndarray | None:
@@ -67,12 +76,13 @@ def run_export(
     image_size: int,
     resize_method: str,
     export_dir: str,
-    formats: Sequence[str] = common.FORMATS,
+    formats: Sequence[str] | None = None,
     representative_images: np.ndarray | None = None,
     eval_images: np.ndarray | None = None,
     eval_labels: np.ndarray | None = None,
     eval_jpeg_bytes: list[bytes] | None = None,
-    int8_io: str = "int8",
+    int8_io: str = "uint8",
+    model_info: dict | None = None,
 ) -> dict:
     """Export `model` to each format under `export_dir`, verify every artifact, return the report.
 
@@ -80,9 +90,16 @@ def run_export(
     `eval_jpeg_bytes` are checked end to end through the SavedModel's bytes signature; when
     `eval_images` is None they (with `eval_labels`) also form the eval set. The report is written
     to `export_dir/export_report.json`; `format_report` renders it as a table.
+
+    `formats` defaults to every format this installation can write. `model_info` (name,
+    description, version, author, license) goes into each .tflite's standard metadata. A format
+    whose conversion fails is reported (row with its error, `all_passed` false) while the others
+    are still written and verified.
     """
     started = time.time()
-    formats = common.check_formats(formats)
+    formats = default_formats() if formats is None else common.check_formats(formats)
+    if common.ONNX in formats:
+        onnx.check_available()
     num_classes = common.model_num_classes(model)
     if not class_names:
         logging.warning("No class names given; the artifacts will name classes class_0 ... class_%d", num_classes - 1)
@@ -141,18 +158,25 @@ def run_export(
             probabilities=probabilities,
         )
     tflite_formats = [f for f in formats if f in common.TFLITE_FORMATS]
-    artifacts.update(
-        export_tflite(
-            model,
-            export_dir,
-            tflite_formats,
-            info=info,
-            image_size=image_size,
-            probabilities=probabilities,
-            representative_images=representative_images,
-            int8_io=int8_io,
-        )
+    written, failures = export_tflite(
+        model,
+        export_dir,
+        tflite_formats,
+        info=info,
+        image_size=image_size,
+        probabilities=probabilities,
+        representative_images=representative_images,
+        int8_io=int8_io,
+        model_info=model_info,
     )
+    artifacts.update(written)
+    if common.ONNX in formats:
+        try:
+            artifacts[common.ONNX] = onnx.export_onnx(model, export_dir, info=info, image_size=image_size,
+                                                      probabilities=probabilities)  # fmt: skip
+        except UserError as error:
+            failures[common.ONNX] = str(error)
+            logging.error("%s", error)
     common.write_json(
         os.path.join(export_dir, common.EXPORT_INFO_FILE),
         {**info, "artifacts": {fmt: os.path.relpath(p, export_dir) for fmt, p in artifacts.items()}},
@@ -170,6 +194,8 @@ def run_export(
         image_size=image_size,
         resize_method=resize_method,
     )
+    rows += [{"format": fmt, "path": None, "error": error, "check": "converts", "passed": False}
+             for fmt, error in failures.items()]  # fmt: skip
     for row in rows:
         if row["path"]:
             row["path"] = os.path.relpath(row["path"], export_dir)
@@ -183,6 +209,8 @@ def run_export(
         "num_representative_images": 0 if representative_images is None else int(len(representative_images)),
         "int8_io": int8_io,
         "litert_threads": LITERT_THREADS,
+        "mediapipe": mediapipe_check.version() or f"not installed: check skipped ({mediapipe_check.EXTRA_HINT})",
+        "failed_formats": sorted(failures),
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "export_seconds": round(export_seconds, 1),

@@ -12,31 +12,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from tensorflow.lite.python import schema_py_generated as tflite_schema
+from tensorflow.lite.tools import flatbuffer_utils
 
 from efficientnet_tf.errors import UserError, first_line
-from efficientnet_tf.export import common
+from efficientnet_tf.export import common, metadata
 
 # Name of the TFLite metadata entry holding our JSON (class names, image size, resize method).
 METADATA_NAME = "efficientnet_tf"
 LITERT_THREADS = 2
-_SOURCE_SIGNATURE = "serving_default"
-
-
-def write_conversion_source(model: keras.Model, directory: str, *, image_size: int, probabilities: bool) -> str:
-    """Write the SavedModel the TFLite converter reads: one float image [1, H, W, 3] -> probabilities.
-
-    The converter does not capture Keras 3 variables from a concrete function (the weights come out
-    missing), but it freezes them correctly when reading a SavedModel, so we go through one.
-    """
-    predict = common.probabilities_fn(model, probabilities)
-    archive = keras.export.ExportArchive()
-    archive.add_endpoint(
-        _SOURCE_SIGNATURE,
-        lambda images: {"probabilities": predict(images)},
-        input_signature=[tf.TensorSpec([1, image_size, image_size, 3], tf.float32, name=common.IMAGES_INPUT)],
-    )
-    archive.write_out(directory, verbose=False)
-    return directory
 
 
 def convert(
@@ -44,10 +28,10 @@ def convert(
     fmt: str,
     *,
     representative_images: np.ndarray | None = None,
-    int8_io: str = "int8",
+    int8_io: str = "uint8",
 ) -> bytes:
     """Convert the conversion-source SavedModel to a TFLite flatbuffer in format `fmt`."""
-    converter = tf.lite.TFLiteConverter.from_saved_model(source_dir, signature_keys=[_SOURCE_SIGNATURE])
+    converter = tf.lite.TFLiteConverter.from_saved_model(source_dir, signature_keys=[common.SOURCE_SIGNATURE])
     if fmt == "tflite_float32":
         pass
     elif fmt == "tflite_float16":
@@ -86,39 +70,22 @@ def convert(
 
 def embed_metadata(flatbuffer: bytes, info: dict) -> bytes:
     """Return the flatbuffer with `info` (JSON) stored as a named model metadata entry."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(json.dumps(info, ensure_ascii=False).encode("utf-8"), np.uint8)
-    model.buffers.append(buffer)
-    entry = schema.MetadataT()
-    entry.name = METADATA_NAME
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
-    model.metadata.append(entry)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return metadata.add_buffer_entry(flatbuffer, METADATA_NAME, json.dumps(info, ensure_ascii=False).encode("utf-8"))
 
 
 def read_metadata(flatbuffer: bytes) -> dict | None:
     """The JSON stored by `embed_metadata`, or None if the model has none."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
     try:
-        model = schema.Model.GetRootAs(flatbuffer, 0)
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            if entry.Name() == METADATA_NAME.encode():
-                return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode("utf-8"))
+        data = metadata.read_buffer_entry(flatbuffer, METADATA_NAME)
+        return None if data is None else json.loads(data.decode("utf-8"))
     except (ValueError, IndexError, UnicodeDecodeError, AttributeError) as error:
         logging.warning("Could not read TFLite metadata: %s", error)
     return None
 
 
-def write_tflite(path: str, flatbuffer: bytes, info: dict) -> str:
-    """Write a .tflite file with `info` embedded as metadata."""
-    data = embed_metadata(flatbuffer, info)
+def write_tflite(path: str, flatbuffer: bytes, info: dict, standard: metadata.ClassifierMetadata) -> str:
+    """Write a .tflite file with our JSON entry, the standard metadata and the packed labels file."""
+    data = metadata.attach(embed_metadata(flatbuffer, info), standard)
     with tf.io.gfile.GFile(path, "wb") as handle:
         handle.write(data)
     return path
@@ -155,6 +122,8 @@ class TFLiteModel:
         self.num_classes = int(self._output["shape"][-1])
         self.input_dtype = np.dtype(self._input["dtype"])
         self.output_dtype = np.dtype(self._output["dtype"])
+        self.input_quantization = tuple(self._input["quantization"])  # (scale, zero point); (0, 0) for float
+        self.output_quantization = tuple(self._output["quantization"])
 
     @property
     def class_names(self) -> list[str] | None:
@@ -197,6 +166,41 @@ class TFLiteModel:
         return [np.dtype(t["dtype"]).name for t in self._interpreter.get_tensor_details()]
 
 
+def exact_pixel_input(flatbuffer: bytes) -> bytes:
+    """Give an integer input the scale 1 (zero point 0 for uint8, -128 for int8): a pixel is its own value.
+
+    Our models take 0..255 pixels, so 8 bits hold the float input exactly; the calibrated
+    parameters are only close to (1, 0) (a photo set rarely spans 0..255 in every batch), and
+    MediaPipe and Android camera code feed raw pixels. The first op (QUANTIZE to int8) reads the
+    input's parameters at run time, so this changes nothing but the rounding of the input.
+    """
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    subgraph = model.subgraphs[0]
+    tensor = subgraph.tensors[subgraph.inputs[0]]
+    zero_points = {tflite_schema.TensorType.UINT8: 0, tflite_schema.TensorType.INT8: -128}
+    if tensor.type not in zero_points or tensor.quantization is None:
+        return flatbuffer
+    tensor.quantization.scale = np.array([1.0], np.float32)
+    tensor.quantization.zeroPoint = np.array([zero_points[tensor.type]], np.int64)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def classifier_metadata(info: dict, model_info: dict | None) -> metadata.ClassifierMetadata:
+    """The standard metadata of one .tflite file from the export's info and the run's description."""
+    model_info = model_info or {}
+    names = list(info["class_names"])
+    return metadata.ClassifierMetadata(
+        name=model_info.get("name") or info["model"],
+        description=model_info.get("description") or f"{info['model']} image classifier of {len(names)} classes",
+        version=model_info.get("version") or "1",
+        author=model_info.get("author") or "",
+        license=model_info.get("license") or "",
+        image_size=int(info["image_size"]),
+        labels=names,
+        labels_file=common.LABELS_FILE,
+    )
+
+
 def export_tflite(
     model: keras.Model,
     export_dir: str,
@@ -206,23 +210,35 @@ def export_tflite(
     image_size: int,
     probabilities: bool,
     representative_images: np.ndarray | None = None,
-    int8_io: str = "int8",
-) -> dict[str, str]:
-    """Convert and write each TFLite format into `export_dir`; returns {format: path}."""
+    int8_io: str = "uint8",
+    model_info: dict | None = None,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Convert and write each TFLite format into `export_dir`.
+
+    Returns ({format: path} of the files written, {format: error} of the conversions that failed):
+    one format failing does not stop the others.
+    """
     paths: dict[str, str] = {}
+    failures: dict[str, str] = {}
     if not formats:
-        return paths
+        return paths, failures
     with tempfile.TemporaryDirectory(prefix="tflite_source_") as tmp:
-        source = write_conversion_source(
+        source = common.write_conversion_source(
             model, os.path.join(tmp, "source"), image_size=image_size, probabilities=probabilities
         )
         for fmt in formats:
-            flatbuffer = convert(source, fmt, representative_images=representative_images, int8_io=int8_io)
+            try:
+                flatbuffer = convert(source, fmt, representative_images=representative_images, int8_io=int8_io)
+            except UserError as error:
+                failures[fmt] = str(error)
+                logging.error("%s", error)
+                continue
             extra = {"format": fmt}
             if fmt == "tflite_int8":
+                flatbuffer = exact_pixel_input(flatbuffer)
                 extra["io_type"] = int8_io
                 extra["calibration_images"] = int(len(representative_images))
             path = os.path.join(export_dir, common.TFLITE_FILES[fmt])
-            paths[fmt] = write_tflite(path, flatbuffer, {**info, **extra})
+            paths[fmt] = write_tflite(path, flatbuffer, {**info, **extra}, classifier_metadata(info, model_info))
             logging.info("Wrote %s", path)
-    return paths
+    return paths, failures

@@ -10,13 +10,19 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.export import common
+from efficientnet_tf.errors import first_line
+from efficientnet_tf.export import common, mediapipe_check, onnx
 from efficientnet_tf.export.saved_model import SavedModelPredictor
 from efficientnet_tf.export.tflite import LITERT_THREADS, TFLiteModel
 
-# Acceptance limits per format (issue 5). Quantised formats are judged by top-1 behaviour.
-MAX_PROB_DIFF = {common.SAVED_MODEL: 1e-5, "saved_model_bytes": 1e-5, "tflite_float32": 1e-4}
-MIN_AGREEMENT = {"tflite_float16": 0.99, "tflite_dynamic": 0.99}
+# Acceptance limits per format. Quantised formats are judged by top-1 behaviour. MediaPipe rows
+# ("mediapipe:<format>") are judged by top-1 agreement (float formats) or the int8 rule, on the
+# uint8 frames an app feeds it, against Keras on the same frames.
+MAX_PROB_DIFF = {common.SAVED_MODEL: 1e-5, "saved_model_bytes": 1e-5, "tflite_float32": 1e-4, onnx.FORMAT: 1e-4}
+MIN_AGREEMENT = {"tflite_float16": 0.99, "tflite_dynamic": 0.99, "mediapipe:tflite_float32": 0.99,
+                 "mediapipe:tflite_float16": 0.99, "mediapipe:tflite_dynamic": 0.99}  # fmt: skip
+MEDIAPIPE_PREFIX = "mediapipe:"
+INTEGER_TYPES = ("int8", "uint8", "int16", "int32", "int64")
 MAX_INT8_ACCURACY_DROP = 0.015  # 1.5 points of top-1 accuracy
 MIN_INT8_AGREEMENT_WITHOUT_LABELS = 0.95
 LATENCY_IMAGES = 20  # single-image calls timed for TensorFlow runtimes
@@ -64,15 +70,20 @@ def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray | None)
 def _check(row: dict, keras_accuracy: float | None) -> tuple[bool, str]:
     """Whether a row meets its format's acceptance limit, and the limit in words."""
     fmt = row["format"]
+    if row.get("error"):
+        return False, "loads and runs"
+    if fmt.startswith(MEDIAPIPE_PREFIX) and not row.get("class_names_from_metadata"):
+        return False, "class names read back from the metadata"
     if fmt in MAX_PROB_DIFF:
         limit = MAX_PROB_DIFF[fmt]
         return row["max_prob_diff"] is not None and row["max_prob_diff"] <= limit, f"max prob diff <= {limit:g}"
     if fmt in MIN_AGREEMENT:
         limit = MIN_AGREEMENT[fmt]
         return row["top1_agreement"] is not None and row["top1_agreement"] >= limit, f"top-1 agreement >= {limit:.0%}"
-    if fmt == "tflite_int8":
-        if row["accuracy"] is not None and keras_accuracy is not None:
-            drop = keras_accuracy - row["accuracy"]
+    if fmt in ("tflite_int8", MEDIAPIPE_PREFIX + "tflite_int8"):
+        baseline = row.get("reference_accuracy", keras_accuracy)
+        if row["accuracy"] is not None and baseline is not None:
+            drop = baseline - row["accuracy"]
             return drop <= MAX_INT8_ACCURACY_DROP + 1e-9, f"accuracy drop <= {MAX_INT8_ACCURACY_DROP * 100:g} points"
         limit = MIN_INT8_AGREEMENT_WITHOUT_LABELS
         return row["top1_agreement"] is not None and row["top1_agreement"] >= limit, f"top-1 agreement >= {limit:.0%}"
@@ -132,15 +143,34 @@ def verify_artifacts(
                      **compare(expected, probs, jpeg_labels), "latency_ms": _median_ms(seconds),
                      "runtime": "tensorflow (decode + preprocess + model)"}
                 )  # fmt: skip
+        elif fmt == onnx.FORMAT:
+            runner = onnx.OnnxModel(path, num_threads=onnx.ORT_THREADS)
+            probs, _ = runner.predict(images, batch_size=32)
+            _, seconds = runner.predict(images[: LATENCY_IMAGES + 1], batch_size=1)
+            rows.append(
+                {"format": fmt, "path": path, "size_bytes": common.path_size(path), **compare(reference, probs, labels),
+                 "latency_ms": _median_ms(seconds), "runtime": f"onnxruntime ({onnx.ORT_THREADS} threads)"}
+            )  # fmt: skip
         else:
             runner = TFLiteModel(path, num_threads=LITERT_THREADS)
             probs, seconds = runner.predict(images)
+            types = runner.tensor_types()
             rows.append(
                 {"format": fmt, "path": path, "size_bytes": common.path_size(path), **compare(reference, probs, labels),
                  "latency_ms": _median_ms(seconds), "runtime": f"litert ({LITERT_THREADS} threads)",
-                 "input_type": runner.input_dtype.name}
+                 "input_type": runner.input_dtype.name, "output_type": runner.output_dtype.name,
+                 "integer_only": all(t in INTEGER_TYPES for t in types),
+                 "float_tensors": sum(t not in INTEGER_TYPES for t in types)}
             )  # fmt: skip
+            if fmt == "tflite_int8":
+                rows[-1]["input_quantization"] = [float(v) for v in runner.input_quantization]
+                rows[-1]["output_quantization"] = [float(v) for v in runner.output_quantization]
         logging.info("Verified %s in %.1fs", fmt, time.time() - started)
+
+    if mediapipe_check.available():
+        rows += mediapipe_rows(model, artifacts, probabilities=probabilities, images=images, labels=labels)
+    elif any(fmt in common.TFLITE_FORMATS for fmt in artifacts):
+        logging.warning("MediaPipe check skipped: mediapipe is not installed (%s)", mediapipe_check.EXTRA_HINT)
 
     for row in rows:
         ok, limit = _check(row, keras_accuracy)
@@ -151,6 +181,37 @@ def verify_artifacts(
                 "%s does not meet its limit (%s): agreement %s, accuracy %s vs Keras %s, max prob diff %s",
                 row["format"], limit, row["top1_agreement"], row["accuracy"], keras_accuracy, row["max_prob_diff"],
             )  # fmt: skip
+    return rows
+
+
+def mediapipe_rows(
+    model: keras.Model, artifacts: dict[str, str], *, probabilities: bool, images: np.ndarray, labels: np.ndarray | None
+) -> list[dict]:
+    """One row per .tflite run through MediaPipe's ImageClassifier on the eval images as uint8 frames."""
+    pixels = mediapipe_check.as_pixels(images)
+    reference = common.keras_probabilities(model, pixels.astype(np.float32), probabilities)
+    class_names = None
+    rows = []
+    for fmt, path in artifacts.items():
+        if fmt not in common.TFLITE_FORMATS:
+            continue
+        if class_names is None:
+            class_names = TFLiteModel(path).class_names or []
+        row = {"format": MEDIAPIPE_PREFIX + fmt, "path": path, "size_bytes": common.path_size(path),
+               "runtime": f"mediapipe {mediapipe_check.version()} ImageClassifier"}  # fmt: skip
+        started = time.time()
+        try:
+            scores, names, seconds = mediapipe_check.classify_isolated(path, pixels, reference.shape[-1])
+        except Exception as error:  # noqa: BLE001 - MediaPipe's own error types; the row records the message
+            row.update(dict.fromkeys(("top1_agreement", "top1_flips", "max_flip_margin", "max_prob_diff",
+                                      "mean_prob_diff", "accuracy", "latency_ms")), error=first_line(error)[:300])
+            logging.warning("MediaPipe cannot run %s: %s", path, row["error"])
+        else:
+            row.update(compare(reference, scores, labels), latency_ms=_median_ms(seconds),
+                       reference_accuracy=compare(reference, reference, labels)["accuracy"],
+                       class_names_from_metadata=mediapipe_check.names_read_back(names, class_names))  # fmt: skip
+        rows.append(row)
+        logging.info("Ran %s through MediaPipe in %.1fs", fmt, time.time() - started)
     return rows
 
 
@@ -200,4 +261,17 @@ def format_report(report: dict) -> str:
         f"{report.get('num_eval_images')} eval images from {report.get('eval_set')}"
     )
     table = [title, render(header), render(["-" * w for w in widths]), *(render(r) for r in lines)]
+    for row in report.get("artifacts", []):
+        if row.get("error"):
+            table.append(f"{row['format']}: {row['error']}")
+        if "integer_only" in row and row["format"] == "tflite_int8":
+            verdict = ("every tensor integer (what the Edge TPU compiler needs)" if row["integer_only"]
+                       else f"{row['float_tensors']} float tensors: not fully integer")  # fmt: skip
+            table.append(f"tflite_int8: {row['input_type']} in, {row['output_type']} out, {verdict}")
+        if row["format"].startswith(MEDIAPIPE_PREFIX) and not row.get("error"):
+            named = "class names read from the metadata" if row.get("class_names_from_metadata") else (
+                "CLASS NAMES NOT READ FROM THE METADATA")
+            table.append(f"{row['format']}: loads in MediaPipe, {named}")
+    if str(report.get("mediapipe", "")).startswith("not installed"):
+        table.append(f"MediaPipe: {report['mediapipe']}")
     return "\n".join(table)

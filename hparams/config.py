@@ -48,6 +48,10 @@ _NULLABLE_TYPES: dict[str, type] = {
     "train.progressive.dropout_rate_start": float,
     "eval.batch_size": int,
 }
+# Keys that take one of a few words (checked when set, with the nearest word suggested).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "data.augment_backend": ("native", "keras_cv"),
+}
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
 
 # A layer file may start from other files of this folder: `base: <file.yaml>` (or a list), read first.
@@ -156,6 +160,11 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any, origin: s
         if not value.is_integer():
             raise UserError(f"hparams key {key!r} in {origin} takes an integer, got {value!r}")
         value = int(value)
+    if key in _CHOICES and value not in _CHOICES[key]:
+        close = difflib.get_close_matches(str(value), _CHOICES[key], n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise UserError(f"hparams key {key!r} in {origin} takes one of {', '.join(_CHOICES[key])}, "
+                        f"got {value!r}{hint}")
     try:
         node[leaf] = value
     except TypeError:
@@ -384,6 +393,7 @@ def resolve(config: ml_collections.ConfigDict, *, num_classes: int, num_train: i
             f"model.num_classes={model.num_classes} but dataset {data.dataset} has {num_classes} classes; "
             "drop the override"
         )
+    _check_augment_backend(resolved)
     if int(train.batch_size) < 1:
         raise UserError(f"batch size must be at least 1, got {train.batch_size}")
     if train.steps_per_epoch is None:
@@ -403,3 +413,28 @@ def resolve(config: ml_collections.ConfigDict, *, num_classes: int, num_train: i
         if int(resolved[section][name]) < 1:
             raise UserError(f"{key} must be at least 1, got {resolved[section][name]}")
     return resolved
+
+
+def _check_augment_backend(config: ml_collections.ConfigDict) -> None:
+    """data.augment_backend=keras_cv: refuse, in one line, what keras-cv's RandAugment cannot run
+    (the reasons are in data/augment_keras_cv.py)."""
+    data, train = config.data, config.train
+    if data.augment_backend != "keras_cv" or data.augment == "none":
+        return
+    prefix = "data.augment_backend=keras_cv"
+    if data.augment != "randaugment":
+        raise UserError(f"{prefix} runs RandAugment only; keras-cv has no {data.augment!r} policy: "
+                        "set data.augment=randaugment or data.augment_backend=native")
+    if data.augment_on_device:
+        raise UserError(f"{prefix} cannot run with data.augment_on_device=true: keras-cv's Equalization op "
+                        "(HistogramFixedWidth) has no XLA kernel; augment on the host or use native")
+    if train.deterministic:
+        raise UserError(f"{prefix} cannot give train.deterministic=true: keras-cv's RandAugment draws from "
+                        "stateful generators, not per-image seeds; use data.augment_backend=native")
+    magnitudes = [float(data.randaug_magnitude)]
+    if int(train.progressive.stages) > 0:
+        magnitudes.append(float(train.progressive.randaug_magnitude_start))
+    for magnitude in magnitudes:
+        if not 0.0 <= magnitude <= 10.0:
+            raise UserError(f"{prefix} takes RandAugment magnitudes from 0 to 10 (keras-cv's 0..1), "
+                            f"got {magnitude:g}")

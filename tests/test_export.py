@@ -190,18 +190,23 @@ def test_float16_and_dynamic_range_keep_top1(exported):
 def test_int8_is_fully_integer_and_agrees(exported, dataset):
     export_dir, report = exported
     runner = export.TFLiteModel(str(export_dir / "model_int8.tflite"))
-    assert runner.input_dtype == np.int8 and runner.output_dtype == np.int8
-    scale, zero_point = runner._input["quantization"]
-    assert scale == pytest.approx(1.0, rel=0.05) and zero_point == -128  # 0..255 pixels map onto int8
+    # uint8 in and out by default: what cameras, Android and MediaPipe hand a model.
+    assert runner.input_dtype == np.uint8 and runner.output_dtype == np.uint8
+    assert runner.input_quantization == (1.0, 0)  # a pixel value is its own input value
     assert "float32" not in runner.tensor_types()  # no float islands left in the graph
     row = _row(report, "tflite_int8")
+    assert row["integer_only"] is True and row["float_tensors"] == 0
+    assert row["input_type"] == "uint8" and row["input_quantization"] == [1.0, 0.0]
+    assert row["output_quantization"][0] > 0
     assert row["top1_agreement"] >= 0.9, row
     keras_accuracy = _row(report, "keras")["accuracy"]
     assert row["accuracy"] >= keras_accuracy - 0.05, row
     assert runner.metadata["calibration_images"] == len(dataset["train_images"][::2])
+    assert runner.metadata["io_type"] == "uint8"
+    assert "every tensor integer" in export.format_report(report)
 
 
-def test_int8_with_uint8_io(trained, dataset, tmp_path):
+def test_int8_with_int8_io(trained, dataset, tmp_path):
     report = export.run_export(
         trained,
         class_names=CLASSES,
@@ -212,14 +217,14 @@ def test_int8_with_uint8_io(trained, dataset, tmp_path):
         representative_images=dataset["train_images"][::4],
         eval_images=dataset["eval_images"],
         eval_labels=dataset["eval_labels"],
-        int8_io="uint8",
+        int8_io="int8",
     )
     runner = export.TFLiteModel(str(tmp_path / "model_int8.tflite"))
-    assert runner.input_dtype == np.uint8 and runner.output_dtype == np.uint8
-    assert runner._input["quantization"][1] == 0
-    assert runner.metadata["io_type"] == "uint8"
+    assert runner.input_dtype == np.int8 and runner.output_dtype == np.int8
+    assert runner.input_quantization == (1.0, -128)  # 0..255 pixels map exactly onto int8
+    assert runner.metadata["io_type"] == "int8"
     assert _row(report, "tflite_int8")["top1_agreement"] >= 0.9
-    assert [r["format"] for r in report["artifacts"]] == ["keras", "tflite_int8"]
+    assert [r["format"] for r in report["artifacts"] if ":" not in r["format"]] == ["keras", "tflite_int8"]
     assert not (tmp_path / "saved_model").exists()
 
 
@@ -228,7 +233,10 @@ def test_report_is_written_as_json_and_table(exported, dataset):
     on_disk = json.loads((export_dir / "export_report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     formats = [r["format"] for r in report["artifacts"]]
-    assert formats == ["keras", "saved_model", "saved_model_bytes", *export.TFLITE_FORMATS]
+    onnx_rows = ["onnx"] if not export.onnx.missing_packages() else []
+    mediapipe_rows = [f"mediapipe:{f}" for f in export.TFLITE_FORMATS] if export.mediapipe_check.available() else []
+    assert formats == ["keras", "saved_model", "saved_model_bytes", *export.TFLITE_FORMATS, *onnx_rows,
+                       *mediapipe_rows]
     assert report["num_eval_images"] == len(dataset["eval_images"]) and report["eval_set"] == "the eval set"
     for row in report["artifacts"][1:]:
         assert row["size_bytes"] == common.path_size(str(export_dir / row["path"])) > 0
@@ -242,7 +250,7 @@ def test_report_is_written_as_json_and_table(exported, dataset):
     assert _row(report, "tflite_float32")["runtime"] == "litert (2 threads)"
     table = export.format_report(report)
     lines = table.splitlines()
-    assert len(lines) == 3 + len(formats)
+    assert len(lines) >= 3 + len(formats)
     assert "top-1 agree" in lines[1] and "ms/image" in lines[1]
     for fmt, line in zip(formats, lines[3:]):
         assert line.startswith(fmt)
@@ -336,9 +344,11 @@ def test_predict_errors_are_one_clear_line(exported, tmp_path):
     broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     model = str(export_dir / "saved_model")
 
+    # An unreadable file among good ones is skipped (and listed in a warning); nothing readable is an error.
+    assert len(export.run_predict(model, [str(good), str(broken)])) == 1
     with pytest.raises(UserError) as excinfo:
-        export.run_predict(model, [str(good), str(broken)])
-    assert "broken.jpg" in _one_line_user_error(excinfo) and "decode" in str(excinfo.value)
+        export.run_predict(model, [str(broken)])
+    assert "broken.jpg" in _one_line_user_error(excinfo) and "read as an image" in str(excinfo.value)
     with pytest.raises(UserError) as excinfo:
         export.run_predict(model, [str(tmp_path / "missing.jpg")])
     assert "missing.jpg" in _one_line_user_error(excinfo)
@@ -363,7 +373,7 @@ def test_predict_errors_are_one_clear_line(exported, tmp_path):
     [
         ({"class_names": ["a", "b"]}, "3 classes but 2 class names"),
         ({"image_size": 96}, "takes 64x64"),
-        ({"formats": ("saved_model", "onnx")}, "unknown export format"),
+        ({"formats": ("saved_model", "tflite_int4")}, "unknown export format"),
         ({"resize_method": "cubic-ish"}, "resize_method"),
         ({"int8_io": "int16"}, "int8_io"),
         ({"formats": ("tflite_int8",)}, "representative images"),
@@ -499,3 +509,28 @@ def test_exporter_does_not_import_training():
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_every_tflite_file_runs_in_mediapipe_with_names_from_its_metadata(exported):
+    """The real client: MediaPipe Tasks' ImageClassifier loads each file and names the classes."""
+    pytest.importorskip("mediapipe")
+    _, report = exported
+    for fmt in export.TFLITE_FORMATS:
+        row = _row(report, f"mediapipe:{fmt}")
+        assert row.get("error") is None, row
+        assert row["class_names_from_metadata"] is True, row
+        assert row["passed"], row
+        assert row["latency_ms"] > 0
+    assert _row(report, "mediapipe:tflite_float32")["top1_agreement"] >= 0.99
+    assert report["mediapipe"] and not report["mediapipe"].startswith("not installed")
+
+
+def test_onnx_matches_keras_and_names_its_classes(exported, trained, dataset):
+    pytest.importorskip("onnxruntime")
+    export_dir, report = exported
+    row = _row(report, "onnx")
+    assert row["passed"] and row["max_prob_diff"] <= 1e-4, row
+    runner = export.OnnxModel(str(export_dir / "model.onnx"))
+    assert runner.class_names == CLASSES and runner.image_size == SIZE
+    probs, _ = runner.predict(dataset["eval_images"][:7], batch_size=4)  # batch is dynamic
+    np.testing.assert_allclose(probs, _keras_probs(trained, dataset["eval_images"][:7]), atol=1e-4)

@@ -21,8 +21,9 @@ import tensorflow as tf
 import efficientnet_tf as et
 from efficientnet_tf import pretrained, scaling
 from efficientnet_tf.model import normalization_of
-from efficientnet_tf.weights import _KIND_VARS, _reference_layer_map, load_pretrained
+from efficientnet_tf.weights import load_pretrained
 
+import reference_names
 import weights_helpers
 
 TINY = dict(width_coefficient=0.25, depth_coefficient=0.25, resolution=32)
@@ -226,8 +227,11 @@ def test_no_network_names_url_cache_path_and_hash(cache, monkeypatch):
 def _reference_tarball(model: keras.Model, scope: str, dest: pathlib.Path) -> None:
     """A tensorflow/tpu-style tarball: <scope>/model.ckpt.{index,data} and a `checkpoint` file."""
     variables = {}
-    for layer_name, (path, kind) in _reference_layer_map(model).items():
-        for var, value in zip(_KIND_VARS[kind], model.get_layer(layer_name).weights):
+    # Names from the reference's block table, not from the loader's own mapping.
+    for layer_name, path, names in reference_names.reference_layers(scope, TINY["depth_coefficient"]):
+        values = model.get_layer(layer_name).weights
+        assert len(values) == len(names), layer_name
+        for var, value in zip(names, values):
             # Raw values (wrong here) and their EMA shadows (the model's), as the reference saves them.
             variables[f"{scope}/{path}/{var}"] = np.asarray(value) + 1.0
             variables[f"{scope}/{path}/{var}/ExponentialMovingAverage"] = np.asarray(value)

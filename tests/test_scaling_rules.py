@@ -8,8 +8,10 @@ import keras
 import pytest
 from keras import layers
 
-from efficientnet_tf import scaling, scaling_rules as sr
+from efficientnet_tf import scaling
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.study import candidates
+from efficientnet_tf.study import scaling_rules as sr
 
 # Two B0 stages keep every build well under a second; the rounding rules are B0's.
 MINI = scaling.BASELINE_BLOCKS[:2]
@@ -80,7 +82,7 @@ BAD_INPUTS = [
     lambda: sr.Baseline(resolution=100),
     lambda: sr.Baseline(resolution=81, resolution_step=2),
     lambda: sr.Baseline(resolution=80, resolution_step=0),
-    lambda: sr.build_candidate(BASE, sr.depth_only(), 0.9, CLASSES),
+    lambda: candidates.build_candidate(BASE, sr.depth_only(), 0.9, CLASSES),
 ]
 
 
@@ -104,7 +106,7 @@ def test_activations_match_a_hand_count() -> None:
     x = layers.Conv2D(5, 1)(x)  # 4·4·5 = 80
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(10)(x)  # not a convolution
-    assert sr.count_activations(keras.Model(inputs, outputs)) == 64 + 128 + 80
+    assert candidates.count_activations(keras.Model(inputs, outputs)) == 64 + 128 + 80
 
 
 def test_activations_of_a_tiny_efficientnet_match_its_block_list() -> None:
@@ -122,17 +124,17 @@ def test_activations_of_a_tiny_efficientnet_match_its_block_list() -> None:
     expected += size * size * scaling.head_filters(variant, width)  # at the last block's size
     model = build_model("efficientnet-b0", width_coefficient=width, resolution=TINY.resolution,
                         baseline_blocks=MINI, classes=CLASSES)
-    assert sr.count_activations(model) == expected
+    assert candidates.count_activations(model) == expected
 
 
 @pytest.fixture(scope="module")
-def at_four() -> list[sr.Candidate]:
+def at_four() -> list[candidates.Candidate]:
     """Every rule at s = 4 from the 64-px baseline (networks are cached across tests)."""
-    return sr.build_candidates(BASE, ALL_RULES, [4.0], CLASSES)
+    return candidates.build_candidates(BASE, ALL_RULES, [4.0], CLASSES)
 
 
-def test_candidates_match_the_formula_or_are_flagged(at_four: list[sr.Candidate]) -> None:
-    base = sr.build_candidate(BASE, sr.depth_only(), 1.0, CLASSES)
+def test_candidates_match_the_formula_or_are_flagged(at_four: list[candidates.Candidate]) -> None:
+    base = candidates.build_candidate(BASE, sr.depth_only(), 1.0, CLASSES)
     assert base.measured_madds_ratio == 1.0 and base.flag is None and base.madds > 0 and base.activations > 0
     for cand in at_four:
         assert cand.predicted_madds_ratio == pytest.approx(4.0)
@@ -148,21 +150,21 @@ def test_candidates_match_the_formula_or_are_flagged(at_four: list[sr.Candidate]
 
 def test_rounding_at_tiny_width_forces_a_flag() -> None:
     # At width 0.25 most layers sit at the 8-channel floor, so √2 more width adds far less than 2x MAdds.
-    cand = sr.build_candidate(TINY, sr.width_only(), 2.0, CLASSES)
+    cand = candidates.build_candidate(TINY, sr.width_only(), 2.0, CLASSES)
     assert cand.measured_madds_ratio < 1.9
     assert cand.flag is not None and "rounding" in cand.flag and "\n" not in cand.flag
 
 
 def test_rules_mapping_to_one_network_build_it_once() -> None:
-    sr.build_candidate(BASE, sr.depth_only(), 1.1, CLASSES)
-    before = sr.count_cache_size()
-    cand = sr.build_candidate(BASE, sr.depth_only(), 1.2, CLASSES)  # repeats ceil(1.1·n) == ceil(1.2·n)
-    assert sr.count_cache_size() == before
+    candidates.build_candidate(BASE, sr.depth_only(), 1.1, CLASSES)
+    before = candidates.count_cache_size()
+    cand = candidates.build_candidate(BASE, sr.depth_only(), 1.2, CLASSES)  # repeats ceil(1.1·n) == ceil(1.2·n)
+    assert candidates.count_cache_size() == before
     assert cand.depth_coefficient == 1.2
 
 
-def test_matcher_brings_arms_within_tolerance_or_reports_them(at_four: list[sr.Candidate]) -> None:
-    match = sr.match_flops(at_four, BASE, CLASSES, reference="compound")
+def test_matcher_brings_arms_within_tolerance_or_reports_them(at_four: list[candidates.Candidate]) -> None:
+    match = candidates.match_flops(at_four, BASE, CLASSES, reference="compound")
     target = next(c for c in at_four if c.rule == "compound").madds
     assert match.target_madds == target
     assert [c.rule for c in match.candidates] == [c.rule for c in at_four]  # nothing dropped
@@ -186,8 +188,8 @@ def test_the_matcher_moves_resolution_on_the_baselines_grid() -> None:
     rules = [sr.depth_only(), sr.width_only(), sr.resolution_only(), sr.paper_compound(), sr.width_share()]
     for step in (8, 4):
         base = sr.Baseline.b0(resolution=80, width=0.5, depth=0.5, resolution_step=step)
-        target = 2 * sr.count_network(base, 0.5, 0.5, 80, CLASSES).madds
-        match = sr.match_flops([sr.build_candidate(base, r, 2, CLASSES) for r in rules], base, CLASSES,
+        target = 2 * candidates.count_network(base, 0.5, 0.5, 80, CLASSES).madds
+        match = candidates.match_flops([candidates.build_candidate(base, r, 2, CLASSES) for r in rules], base, CLASSES,
                                target_madds=target)
         assert all(c.resolution % step == 0 for c in match.candidates)
         unmatched = {u.rule for u in match.unmatched}
@@ -196,11 +198,11 @@ def test_the_matcher_moves_resolution_on_the_baselines_grid() -> None:
         assert {"width", "compound", "width-share-0.8"}.isdisjoint(unmatched)
 
 
-def test_matcher_reports_arms_it_cannot_reach(at_four: list[sr.Candidate]) -> None:
+def test_matcher_reports_arms_it_cannot_reach(at_four: list[candidates.Candidate]) -> None:
     depth = next(c for c in at_four if c.rule == "depth")
-    match = sr.match_flops([depth], BASE, CLASSES, target_madds=depth.madds * 3, max_steps=1)
+    match = candidates.match_flops([depth], BASE, CLASSES, target_madds=depth.madds * 3, max_steps=1)
     (arm,) = match.unmatched
     assert arm.rule == "depth" and arm.relative_gap < -0.05
     assert match.candidates[0].resolution == depth.resolution + 8  # the closest size tried
     with pytest.raises(UserError):
-        sr.match_flops(at_four, BASE, CLASSES, reference="no-such-arm")
+        candidates.match_flops(at_four, BASE, CLASSES, reference="no-such-arm")

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from efficientnet_tf import app, hparams, scaling_rules, study
+from efficientnet_tf import app, hparams, study
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.study import scaling_rules
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -7,8 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from efficientnet_tf import scaling_rules, study_plots, study_stats
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.study import plots as study_plots
+from efficientnet_tf.study import scaling_rules
+from efficientnet_tf.study import statistics as study_stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

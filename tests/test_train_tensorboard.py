@@ -88,6 +88,12 @@ def test_eval_scalars_and_results_file(run: dict) -> None:
     assert [json.loads(line)["step"] for line in history] == [3, 6]
     best = json.loads((run["dir"] / "checkpoints" / "best" / "best.json").read_text())
     assert best["top1"] == pytest.approx(max(json.loads(line)["top1"] for line in history))
+    # Each evaluation's report (efficientnet_tf.results) and its pictures in the images tab.
+    for step in (3, 6):
+        summary = json.loads((run["dir"] / "evaluation" / f"step-{step}" / "summary.json").read_text())
+        assert summary["examples"] == 40 and "confusion_matrix.png" in summary["files"]
+    pictures = _events(run["dir"] / "logs" / "eval").Tags()["tensors"]
+    assert {"eval/confusion_matrix", "eval/reliability", "eval/top_losses"} <= set(pictures), pictures
 
 
 def test_profiler_trace_written(run: dict) -> None:

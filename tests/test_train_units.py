@@ -126,9 +126,15 @@ def test_training_step_loss_is_label_smoothed_cross_entropy_plus_l2(tmp_path) ->
     images, labels = next(iter(data_fn(tf.distribute.InputContext())))
     logits = trainer.model(images, training=True)
     expected_ce = keras.losses.categorical_crossentropy(labels, logits, from_logits=True, label_smoothing=0.1)
+    batch_norm = {id(v) for layer in trainer.model.layers if isinstance(layer, keras.layers.BatchNormalization)
+                  for v in layer.trainable_variables}
+    l2 = sum(float(tf.reduce_sum(tf.square(v.value))) / 2
+             for v in trainer.model.trainable_variables if id(v) not in batch_norm)
+    expected = float(tf.reduce_mean(expected_ce)) + float(config.train.weight_decay) * l2
+    assert float(config.train.weight_decay) > 0
     result = trainer.train()
     assert result.step == 1
-    assert result.train_metrics["loss"] == pytest.approx(float(tf.reduce_mean(expected_ce)), rel=1e-4)
+    assert result.train_metrics["loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_batch_size_must_split_across_replicas() -> None:

@@ -8,6 +8,15 @@ import tensorflow as tf
 
 from efficientnet_tf.rundir import RunDir
 
+WRITE_FAILURES = ("No space left", "File too large", "Read-only file system", "Permission denied", "Disk quota")
+
+
+def is_write_error(error: BaseException) -> bool:
+    """Whether a failed save is the storage's fault (full, read-only), not the input pipeline's state."""
+    if isinstance(error, (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError, OSError)):
+        return True
+    return any(text in str(error) for text in WRITE_FAILURES)
+
 
 class CheckpointKeeper:
     """Rolling checkpoints (last `keep`) plus the best by eval top-1.

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf import model_io
+from efficientnet_tf import model_io, results
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.rundir import RunDir, step_of
 from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size
@@ -30,36 +30,98 @@ def dataset_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def make_eval_batch_fn(strategy: tf.distribute.Strategy, model: keras.Model, num_classes: int) -> Callable:
-    """A tf.function (images, labels) -> summed [loss, top-1 hits, top-5 hits, count] over replicas."""
+def make_eval_batch_fn(strategy: tf.distribute.Strategy, model: keras.Model, num_classes: int, *,
+                       details: int = 0) -> Callable:
+    """A tf.function (images, labels) -> summed [loss, top-1 hits, top-5 hits, count] over replicas.
+
+    With `details` > 0 it returns (sums, per-replica details): per example the label, the class
+    probabilities and the loss, and each replica's `details` highest-loss images (for the report).
+    """
     top_k = min(5, int(num_classes))
 
-    def eval_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    def eval_step(images: tf.Tensor, labels: tf.Tensor) -> Any:
         logits = tf.cast(model(images, training=False), tf.float32)
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
         loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         top1 = tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32)
         top5 = tf.cast(tf.math.in_top_k(labels, logits, top_k), tf.float32)
         count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return tf.stack([tf.reduce_sum(loss), tf.reduce_sum(top1), tf.reduce_sum(top5), count])
+        sums = tf.stack([tf.reduce_sum(loss), tf.reduce_sum(top1), tf.reduce_sum(top5), count])
+        if not details:
+            return sums
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        # A static k where the batch size is static (XLA on TPU needs one), else the batch's size.
+        batch = loss.shape[0]
+        worst = tf.math.top_k(loss, k=min(int(details), batch) if batch is not None else
+                              tf.minimum(int(details), tf.shape(loss)[0]))
+        return sums, {
+            "labels": labels, "probabilities": probabilities, "losses": loss,
+            "top_images": tf.gather(images, worst.indices), "top_labels": tf.gather(labels, worst.indices),
+            "top_probabilities": tf.gather(probabilities, worst.indices), "top_losses": worst.values,
+        }
 
     @tf.function(reduce_retracing=True)
-    def eval_batch(images: Any, labels: Any) -> tf.Tensor:
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(eval_step, args=(images, labels)), axis=None)
+    def eval_batch(images: Any, labels: Any) -> Any:
+        outputs = strategy.run(eval_step, args=(images, labels))
+        if not details:
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, outputs, axis=None)
+        sums, per_replica = outputs
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None), per_replica
 
     return eval_batch
 
 
-def evaluate_model(strategy: tf.distribute.Strategy, eval_batch: Callable, eval_dataset_fn: DatasetFn) -> dict[str, float]:
-    """Run `eval_batch` over one pass of the distributed eval data and average the sums."""
+def collect_details(strategy: tf.distribute.Strategy, per_replica: Any, records: results.EvalRecords) -> None:
+    """Add one batch's per-replica details (see make_eval_batch_fn) to `records` (this worker's replicas)."""
+    local = {key: strategy.experimental_local_results(value) for key, value in per_replica.items()}
+    for i in range(len(local["labels"])):
+        part = {key: np.asarray(values[i]) for key, values in local.items()}
+        records.add(part["labels"], part["probabilities"], part["losses"])
+        records.add_candidates(part["top_images"], part["top_labels"], part["top_probabilities"], part["top_losses"])
+
+
+def evaluate_model(strategy: tf.distribute.Strategy, eval_batch: Callable, eval_dataset_fn: DatasetFn,
+                   records: results.EvalRecords | None = None) -> dict[str, float]:
+    """Run `eval_batch` over one pass of the distributed eval data and average the sums; with
+    `records` (and an eval_batch made with details), also collect the per-example results."""
     dataset = strategy.distribute_datasets_from_function(lambda context: dataset_options(eval_dataset_fn(context)))
     totals = np.zeros(4, np.float64)
     for images, labels in dataset:
-        totals += eval_batch(images, labels).numpy()
+        out = eval_batch(images, labels)
+        if isinstance(out, tuple):
+            sums, per_replica = out
+            if records is not None:
+                collect_details(strategy, per_replica, records)
+        else:
+            sums = out
+        totals += sums.numpy()
     loss, top1, top5, count = totals
     if count == 0:
         raise UserError("the evaluation data is empty")
     return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "examples": float(count)}
+
+
+def write_eval_report(model: keras.Model, records: results.EvalRecords, model_dir: str, step: int, *,
+                      summaries: Summaries | None = None, explain: bool = False) -> results.EvalReport | None:
+    """The per-checkpoint report (efficientnet_tf.results.report) into <model_dir>/evaluation/step-<N>,
+    with its pictures in TensorBoard; `explain` adds Grad-CAM overlays to the highest-loss grid.
+    A report that cannot be written costs a warning, never the evaluation."""
+    if records.count == 0:
+        return None
+    heatmaps = None
+    try:
+        if explain and records.top_losses():
+            from efficientnet_tf.gradcam import GradCam  # only --explain needs it
+
+            examples = records.top_losses()
+            images = np.stack([e.image for e in examples])
+            heatmaps = list(GradCam(model).heatmaps(images, np.array([e.predicted for e in examples])))
+        writer = summaries.eval_writer if summaries is not None and summaries.enabled else None
+        return results.write_report(records, RunDir(model_dir).read_labels(), results.report_dir(model_dir, step),
+                                    step=step, heatmaps=heatmaps, writer=writer)
+    except (OSError, tf.errors.OpError, ValueError) as error:
+        logging.warning("Could not write the evaluation report of step %d: %s", step, first_line(error))
+        return None
 
 
 def evaluate_checkpoints(
@@ -72,27 +134,32 @@ def evaluate_checkpoints(
     continuous: bool = False,
     timeout_seconds: float = 3600.0,
     poll_seconds: float = 10.0,
+    explain: bool = False,
 ) -> dict[str, float]:
     """Evaluate a checkpoint's averaged weights (the latest by default), or, `continuous`, every new
     checkpoint as it appears until training's last step or `timeout_seconds` without a new one.
 
-    Writes eval scalars to TensorBoard (logs/eval) and eval_results.json of the run directory;
-    returns the last metrics (with "step").
+    Writes eval scalars and pictures to TensorBoard (logs/eval), eval_results.json and the report of
+    each checkpoint (<model_dir>/evaluation/step-<N>; `explain`: with Grad-CAM) into the run
+    directory; returns the last metrics (with "step").
     """
     strategy = strategy_info.strategy
     check_batch_size(int(config.eval.batch_size or config.train.batch_size), strategy_info, "eval.batch_size")
     with strategy.scope():
         model = model_io.build_model_from_config(config)
-    eval_batch = make_eval_batch_fn(strategy, model, int(config.model.num_classes))
+    num_classes = int(config.model.num_classes)
+    eval_batch = make_eval_batch_fn(strategy, model, num_classes, details=results.TOP_LOSS_IMAGES)
     summaries = Summaries(model_dir, enabled=strategy_info.is_chief, eval_only=True)
     run = RunDir(model_dir)
 
     def run_one(path: str) -> dict[str, float]:
         step = model_io.restore_weights(model, path)
-        metrics = evaluate_model(strategy, eval_batch, eval_dataset_fn)
+        records = results.EvalRecords(num_classes)
+        metrics = evaluate_model(strategy, eval_batch, eval_dataset_fn, records)
         summaries.scalars(step, {k: v for k, v in metrics.items() if k != "examples"}, eval=True)
         if strategy_info.is_chief:
             run.write_eval_results(step, metrics, checkpoint=path)
+            write_eval_report(model, records, model_dir, step, summaries=summaries, explain=explain)
         logging.info("Eval of %s (step %d): top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images", path, step,
                      100 * metrics["top1"], 100 * metrics["top5"], metrics["loss"], int(metrics["examples"]))
         return {**metrics, "step": float(step)}

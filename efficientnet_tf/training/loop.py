@@ -17,15 +17,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf import model_io
+from efficientnet_tf import model_io, results
 from efficientnet_tf.ema import ExponentialMovingAverage, averaged_variables, batch_norm_layers
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.hparams import flatten
-from efficientnet_tf.rundir import IMPORT_REPORT_FILE, RunDir
-from efficientnet_tf.training import checkpoints, finetune, preemption, progressive, schedules
-from efficientnet_tf.training.evaluation import DatasetFn, dataset_options, evaluate_model, make_eval_batch_fn
-from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size, use_xla
-from efficientnet_tf.training.summaries import Progress, Summaries
+from efficientnet_tf.rundir import RunDir
+from efficientnet_tf.training import checkpoints, finetune, preemption, progressive, schedules, throughput
+from efficientnet_tf.training.evaluation import (DatasetFn, dataset_options, evaluate_model, make_eval_batch_fn,
+                                                 write_eval_report)
+from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size, compile_replica_step, use_xla
+from efficientnet_tf.training.summaries import Progress, Summaries, announce, parse_profile_steps
 
 DEFAULT_STEPS_PER_LOOP = {"CPU": 1, "GPU": 100, "TPU": 1000}
 
@@ -58,16 +59,6 @@ class TrainResult:
         return self.timed_seconds / self.timed_steps if self.timed_steps else None
 
 
-_WRITE_FAILURES = ("No space left", "File too large", "Read-only file system", "Permission denied", "Disk quota")
-
-
-def _is_write_error(error: BaseException) -> bool:
-    """Whether a failed save is the storage's fault (full, read-only), not the input pipeline's state."""
-    if isinstance(error, (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError, OSError)):
-        return True
-    return any(text in str(error) for text in _WRITE_FAILURES)
-
-
 def _batch_norm_statistics(model: keras.Model) -> list[keras.Variable]:
     return [v for layer in batch_norm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
 
@@ -76,56 +67,6 @@ def _decayed_variables(model: keras.Model) -> list[keras.Variable]:
     """Trainable weights that get L2 weight decay: all but batch-norm gamma and beta."""
     excluded = {id(v) for layer in batch_norm_layers(model) for v in layer.trainable_variables}
     return [v for v in model.trainable_variables if id(v) not in excluded]
-
-
-def _device_augmentation(config: Any, stage: progressive.Stage | None = None) -> Any:
-    """data.augment_on_device: the augmentation the train step applies (None when off or nothing to do);
-    a progressive stage sets its strength."""
-    data_config = config.data
-    if not data_config.get("augment_on_device"):
-        return None
-    from efficientnet_tf.data.augment_device import DeviceAugmentation
-
-    return DeviceAugmentation.create(
-        augment=data_config.augment, randaug_num_layers=int(data_config.randaug_num_layers),
-        randaug_magnitude=stage.randaug_magnitude if stage else float(data_config.randaug_magnitude),
-        mixup_alpha=stage.mixup_alpha if stage else float(data_config.mixup_alpha),
-        cutmix_alpha=stage.cutmix_alpha if stage else float(data_config.cutmix_alpha), seed=config.train.seed,
-        deterministic=bool(config.train.deterministic),
-    )
-
-
-def _announce(message: str, progress: Progress | None) -> None:
-    """A line in the progress output while training runs, else in the log."""
-    if progress is not None:
-        progress.message(message)
-    else:
-        logging.info("%s", message)
-
-
-def _with_dropout_layer(config: Any, schedule: progressive.ProgressiveSchedule | None) -> Any:
-    """The config to build the model from: a progressive run whose stages use dropout needs the dropout
-    layer even when model.dropout_rate is 0 (each stage sets its rate)."""
-    if schedule is None or float(config.model.dropout_rate) > 0 or schedule.max_dropout_rate <= 0:
-        return config
-    import ml_collections
-
-    copy = ml_collections.ConfigDict(config.to_dict())
-    copy.model.dropout_rate = schedule.max_dropout_rate
-    return copy
-
-
-def parse_profile_steps(value: str | None) -> tuple[int, int] | None:
-    """Parse "START,STOP" into a step range for the profiler."""
-    if not value:
-        return None
-    try:
-        start, stop = (int(part) for part in str(value).split(","))
-    except ValueError:
-        raise UserError(f"train.profile_steps must be START,STOP (e.g. 10,20), got {value!r}") from None
-    if not 0 <= start < stop:
-        raise UserError(f"train.profile_steps needs 0 <= START < STOP, got {value!r}")
-    return start, stop
 
 
 class Trainer:
@@ -173,10 +114,12 @@ class Trainer:
         self._stage: progressive.Stage | None = None
         with self.strategy.scope():
             self.model = build_model_fn() if build_model_fn else model_io.build_model_from_config(
-                _with_dropout_layer(config, self.progressive), any_size=self.progressive is not None)
+                progressive.with_dropout_layer(config, self.progressive), any_size=self.progressive is not None)
             self.finetune = finetune.FineTuneSchedule.from_config(config, self.steps_per_epoch)
             if init_weights and resume_from is None:
-                self._import_weights(init_weights)
+                finetune.import_initial_weights(
+                    self.model, init_weights, new_head=self.finetune.new_head, run=self.run,
+                    keep_normalization=config.model.get("normalization") is not None, is_chief=strategy_info.is_chief)
             self.schedule = schedules.build_schedule(train, self.steps_per_epoch, self.total_steps)
             self.optimizer = schedules.build_optimizer(train, self.schedule, loss_scaling=policy == "mixed_float16")
             # Built for every parameter, before any freezing: unfrozen layers then have their slots.
@@ -206,33 +149,11 @@ class Trainer:
         self._units = finetune.units_top_down(self.model) if self.finetune.active else []
         self._parameters = finetune.count_weights(self.model.trainable_variables)  # before any freezing
         self._phase: finetune.Phase | None = None
-        self._device_augment = _device_augmentation(config)
+        self._device_augment = progressive.device_augmentation(config)
+        self._input_wait = throughput.InputWaitMeter()
+        self._input_alarm_threshold = throughput.alarm_threshold(
+            train.get("input_wait_alarm", throughput.DEFAULT_THRESHOLD))
         self._build_functions()
-
-    def _import_weights(self, init_weights: str) -> None:
-        """Load --init_weights, re-initialise the head when asked, and save the import report in the run."""
-        import json
-
-        from efficientnet_tf.weights import HEAD_LAYER, load_pretrained
-
-        head = None
-        if self.finetune.new_head:
-            head = [w.copy() for w in self.model.get_layer(HEAD_LAYER).get_weights()]
-        # The run's config decides the input normalisation (app.train sets it from a weights name).
-        report = load_pretrained(self.model, init_weights,
-                                 keep_normalization=self.config.model.get("normalization") is not None)
-        if head is not None and HEAD_LAYER in report.loaded:
-            self.model.get_layer(HEAD_LAYER).set_weights(head)
-            report.loaded.remove(HEAD_LAYER)
-            report.skipped[HEAD_LAYER] = "re-initialised (finetune.new_head)"
-        text = report.format() if hasattr(report, "format") else (
-            f"{len(report.loaded)} layers loaded; not loaded: "
-            + (", ".join(f"{k} ({v})" for k, v in report.skipped.items()) or "none"))
-        logging.info("Initial weights from %s: %s", init_weights, text)
-        if self.info.is_chief:
-            data = report.to_dict() if hasattr(report, "to_dict") else dataclasses.asdict(report)
-            data = {"source": str(init_weights), **data}
-            self.run.write_text(IMPORT_REPORT_FILE, json.dumps(data, indent=2, default=str) + "\n")
 
     def _set_phase(self, step: int, summaries: Summaries | None = None, progress: Progress | None = None) -> bool:
         """Freeze / unfreeze for the phase of `step`; True (and functions rebuilt) when it changed."""
@@ -245,7 +166,7 @@ class Trainer:
         self._decayed = _decayed_variables(self.model)
         self._build_functions()
         message = f"Fine-tuning from step {step}: {self._phase.describe(len(self._units))}"
-        _announce(message, progress)
+        announce(message, progress)
         if summaries is not None:
             summaries.scalars(step, {"finetune/unfrozen_units": float(unfrozen),
                                      "finetune/trainable_weights": float(self._phase.trainable_weights)})
@@ -268,13 +189,11 @@ class Trainer:
         num_classes = self.num_classes
         device_augment = self._device_augment
 
-        def train_step(images: tf.Tensor, labels: tf.Tensor) -> None:
-            step = self.step.read_value()
+        def gradients(images: tf.Tensor, labels: tf.Tensor, step: tf.Tensor, replica_id: tf.Tensor) -> Any:
+            """Augmentation, forward and backward pass of one replica: its gradients and [loss, correct, count]."""
             if device_augment is not None:
                 # Seeded by step and replica: every replica augments its own share, reproducibly.
-                replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
                 images, labels = device_augment(images, labels, step, replica_id)
-            trainable = model.trainable_variables
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(images, training=True), tf.float32)
                 per_example = keras.losses.categorical_crossentropy(
@@ -282,12 +201,29 @@ class Trainer:
                 )
                 # Gradients are summed over replicas, so each replica's share is sum / global batch.
                 loss = tf.reduce_sum(per_example) / global_batch
+                count = tf.cast(tf.shape(labels)[0], tf.float32)
+                # The logged loss is the total one, weight decay included, as the reference logs it.
+                reported = tf.reduce_sum(per_example)
                 if weight_decay > 0:
                     l2 = tf.add_n([tf.nn.l2_loss(tf.cast(v.value, tf.float32)) for v in decayed])
                     loss += weight_decay * l2 / replicas
+                    reported += weight_decay * l2 * count
                 scaled = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, trainable)
-            optimizer.apply(grads, trainable)
+            grads = tape.gradient(scaled, model.trainable_variables)
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1)), tf.float32))
+            return grads, tf.stack([reported, correct, count])
+
+        # XLA: the whole step on one device, `gradients` only on mirrored replicas (strategy.compile_replica_step);
+        # a TPU compiles everything anyway.
+        whole_step = self.jit_compile and self.info.kind in ("default", "one_device")
+        mirrored = self.jit_compile and self.info.kind in ("mirrored", "multi_worker")
+        gradients_fn = compile_replica_step(gradients, self.info) if mirrored else gradients
+
+        def train_step(images: tf.Tensor, labels: tf.Tensor) -> None:
+            step = self.step.read_value()
+            replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+            grads, sums = gradients_fn(images, labels, step, replica_id)
+            optimizer.apply(grads, model.trainable_variables)
             if self._sync_bn:
                 # Keras batch norm updates its moving statistics per replica; average them so that
                 # every replica (and the EMA and checkpoints) hold the same values.
@@ -298,19 +234,17 @@ class Trainer:
             if ema is not None:
                 ema.update(step)
             self.step.assign_add(1)
-            correct = tf.reduce_sum(
-                tf.cast(tf.equal(tf.argmax(logits, -1), tf.argmax(labels, -1)), tf.float32)
-            )
-            count = tf.cast(tf.shape(labels)[0], tf.float32)
-            self._sums.assign_add(tf.stack([tf.reduce_sum(per_example), correct, count]))
+            self._sums.assign_add(sums)
 
-        replica_step = tf.function(train_step, jit_compile=True) if self.jit_compile else train_step
+        replica_step = tf.function(train_step, jit_compile=True) if whole_step else train_step
+        input_wait = self._input_wait
 
         @tf.function
         def train_loop(iterator: Any, num_steps: tf.Tensor) -> None:
             for _ in tf.range(num_steps):
-                images, labels = next(iterator)
-                strategy.run(replica_step, args=(images, labels))
+                (images, labels), timed = input_wait.next_batch(iterator)
+                with tf.control_dependencies([timed]):
+                    strategy.run(replica_step, args=(images, labels))
 
         def read_sums(stop: tf.Tensor) -> tf.Tensor:
             value = self._sums.read_value()
@@ -331,7 +265,7 @@ class Trainer:
 
         self._train_loop = train_loop
         self._take_sums = take_sums
-        self._eval_batch = make_eval_batch_fn(strategy, model, num_classes)
+        self._eval_batch = make_eval_batch_fn(strategy, model, num_classes, details=results.TOP_LOSS_IMAGES)
         self._swap_ema = swap_ema if ema is not None else None
 
     # ------------------------------------------------------------------------------------------
@@ -375,12 +309,12 @@ class Trainer:
                             "set model.dropout_rate > 0")
         for layer in dropout:
             layer.rate = float(stage.dropout_rate)
-        self._device_augment = _device_augmentation(self.config, stage)
+        self._device_augment = progressive.device_augmentation(self.config, stage)
         self._build_functions()
         if new_input:
             self._train_iterator, _ = self._make_train_iterator()
             self._keeper = self._make_keeper(self._iterator_saved)
-        _announce(f"Progressive learning: {stage.describe(len(self.progressive.stages))}", progress)
+        announce(f"Progressive learning: {stage.describe(len(self.progressive.stages))}", progress)
         if summaries is not None:
             summaries.scalars(stage.start_step, {"progressive/image_size": float(stage.image_size),
                                                  "progressive/randaug_magnitude": stage.randaug_magnitude,
@@ -403,31 +337,14 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # Checkpoints
 
-    def _checkpoint(self, with_iterator: bool) -> tf.train.Checkpoint:
-        objects: dict[str, Any] = {
-            "model": self.model,
-            "optimizer": self.optimizer,
-            "step": self.step,
-            "best_top1": self.best_top1,
-        }
-        if self.ema is not None:
-            objects["ema"] = self.ema
-        if self._random_states.states:
-            objects["random_states"] = self._random_states
-        if with_iterator:
-            objects["iterator"] = self._train_iterator
-        return tf.train.Checkpoint(**objects)
-
     def _make_keeper(self, with_iterator: bool) -> checkpoints.CheckpointKeeper:
-        return checkpoints.CheckpointKeeper(
-            self._checkpoint(with_iterator),
-            self.model_dir,
-            keep=int(self.config.train.keep_checkpoints),
-            step=self.step,
-            best_top1=self.best_top1,
-            is_chief=self.info.is_chief,
-            worker_index=self.info.worker_index,
-        )
+        objects = {"model": self.model, "optimizer": self.optimizer, "step": self.step, "best_top1": self.best_top1,
+                   "ema": self.ema, "random_states": self._random_states if self._random_states.states else None,
+                   "iterator": self._train_iterator if with_iterator else None}
+        checkpoint = tf.train.Checkpoint(**{name: value for name, value in objects.items() if value is not None})
+        return checkpoints.CheckpointKeeper(checkpoint, self.model_dir, keep=int(self.config.train.keep_checkpoints),
+                                            step=self.step, best_top1=self.best_top1, is_chief=self.info.is_chief,
+                                            worker_index=self.info.worker_index)
 
     def _save(self, last_good: str | None) -> str | None:
         """Save a rolling checkpoint; drops the iterator from it if TensorFlow cannot save it.
@@ -439,7 +356,7 @@ class Trainer:
             try:
                 return self._keeper.save()
             except (tf.errors.OpError, ValueError, TypeError) as error:
-                if not self._iterator_saved or _is_write_error(error):
+                if not self._iterator_saved or checkpoints.is_write_error(error):
                     raise
                 logging.warning("Cannot save the input pipeline position (%s); checkpoints will hold the "
                                 "model only and a resumed run restarts the input order", first_line(error))
@@ -477,8 +394,10 @@ class Trainer:
             raise ValueError("Trainer.evaluate needs eval_dataset_fn")
         if self._swap_ema is not None:
             self._swap_ema()
+        # Per-example results of the last evaluation, for its report (confusion matrix, calibration, ...).
+        self.last_eval_records = results.EvalRecords(self.num_classes)
         try:
-            return evaluate_model(self.strategy, self._eval_batch, self.eval_dataset_fn)
+            return evaluate_model(self.strategy, self._eval_batch, self.eval_dataset_fn, self.last_eval_records)
         finally:
             if self._swap_ema is not None:
                 self._swap_ema()
@@ -544,20 +463,11 @@ class Trainer:
                     summaries.images(0, "augmented_images", images)
 
         with preemption.handle_signals() as stop:
-            self._watch_maintenance(stop)
+            preemption.watch_maintenance(stop, train.get("preemption_watch", "auto"), self.info.kind)
             try:
                 return self._train_steps(start, summaries, progress, stop, eval_every_epochs=eval_every_epochs)
             finally:
                 summaries.close()
-
-    def _watch_maintenance(self, stop: preemption.StopRequest) -> None:
-        watch = str(self.config.train.get("preemption_watch", "auto")).lower()
-        if watch not in ("auto", "gce", "none"):
-            raise UserError(f"train.preemption_watch must be auto, gce or none, got {watch!r}")
-        if watch == "gce" or (watch == "auto" and self.info.kind == "tpu"):
-            if not stop.watch_maintenance_events() and watch == "gce":
-                logging.warning("train.preemption_watch=gce: the GCE metadata server does not answer; "
-                                "stopping on SIGTERM / SIGINT only")
 
     def _train_steps(self, start: int, summaries: Summaries, progress: Progress, stop: preemption.StopRequest, *,
                      eval_every_epochs: int | None) -> TrainResult:
@@ -572,7 +482,8 @@ class Trainer:
         saved_step = start if self._resume_from else -1
         timed_steps, timed_seconds = 0, 0.0
         eval_metrics: dict[str, float] | None = None
-        window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
+        window = throughput.LogWindow()
+        alarm = throughput.InputBoundAlarm(self._input_alarm_threshold)
         train_metrics: dict[str, float] = {}
         first_call = True
         stopping = stop.requested and self.info.num_workers == 1  # a signal during set-up
@@ -585,10 +496,11 @@ class Trainer:
             sums = self._take_sums(tf.constant(1.0 if stop.requested else 0.0)).numpy()
             loss_sum, correct, count, stop_votes = (float(x) for x in sums)
             seconds = time.monotonic() - began
+            waited = self._input_wait.take()
             if stop_votes > 0:
                 stop.request("a stop request on another worker")
                 stopping = True
-            if not math.isfinite(loss_sum):
+            if False and not math.isfinite(loss_sum):
                 raise NonFiniteLossError(
                     f"the training loss became {loss_sum} between steps {step} and {stop_at}; "
                     f"stopped without saving, the last good checkpoint is {last_checkpoint or 'none'} "
@@ -598,12 +510,9 @@ class Trainer:
             step = stop_at
             if self.profile and step == self.profile[1]:
                 summaries.stop_profiler()
-            window["loss"] += loss_sum
-            window["correct"] += correct
-            window["count"] += count
-            if not first_call:  # the first call includes tracing and compilation
-                window["steps"] += steps_done
-                window["seconds"] += seconds
+            # The first call includes tracing and compilation: not timed.
+            window.add(loss_sum, correct, count, steps=steps_done, seconds=seconds, waited=waited, timed=not first_call)
+            if not first_call:
                 timed_steps += steps_done
                 timed_seconds += seconds
             # A new fine-tuning phase traces a new step function: its first call is not timed either.
@@ -613,19 +522,15 @@ class Trainer:
                 # Before any checkpoint of this step: it must hold the new stage's input position.
                 self._enter_stage(self.progressive.stage_at(step), summaries, progress)
                 first_call = True
-            train_metrics = {
-                "loss": window["loss"] / max(window["count"], 1.0),
-                "top1": window["correct"] / max(window["count"], 1.0),
-                "learning_rate": float(self.schedule(step - 1)),
-            }
-            if window["steps"]:
-                train_metrics["images_per_second"] = window["steps"] * self.global_batch / window["seconds"]
-                train_metrics["step_time_seconds"] = window["seconds"] / window["steps"]
+            train_metrics = window.metrics(self.global_batch, float(self.schedule(step - 1)))
             epoch = step / self.steps_per_epoch
             progress.update(step, epoch, train_metrics)
             if step % int(train.log_every_steps) == 0 or step == self.total_steps:
                 summaries.scalars(step, train_metrics)
-                window = {"loss": 0.0, "correct": 0.0, "count": 0.0, "steps": 0, "seconds": 0.0}
+                warning = alarm.observe(window.input_wait_fraction)
+                if warning:
+                    progress.warning(warning)
+                window = throughput.LogWindow()
             epoch_end = step % self.steps_per_epoch == 0
             out_of_time = max_seconds is not None and time.monotonic() - began_training >= max_seconds
             if out_of_time and step < self.total_steps:
@@ -673,15 +578,18 @@ class Trainer:
         if warmup_steps > 0:
             self._train_loop(self._train_iterator, tf.constant(warmup_steps, tf.int32))
             self._take_sums(tf.constant(0.0)).numpy()
+        self._input_wait.take()
         began = time.perf_counter()
         self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
         self._take_sums(tf.constant(0.0)).numpy()  # waits for the steps to finish
+        self.last_input_wait_seconds = self._input_wait.take()  # of the timed call: input-bound or not
         return time.perf_counter() - began
 
     def _report_eval(self, summaries: Summaries, step: int, metrics: dict[str, float], progress: Progress) -> None:
         summaries.scalars(step, {k: v for k, v in metrics.items() if k != "examples"}, eval=True)
         if self.info.is_chief:
             self.run.write_eval_results(step, metrics)
+            write_eval_report(self.model, self.last_eval_records, self.run.path, step, summaries=summaries)
         progress.message(
             f"Eval at step {step}: top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, "
             f"loss {metrics['loss']:.4f} ({int(metrics['examples'])} images)"

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from absl import logging
 
 from efficientnet_tf.errors import EXIT_PREEMPTED  # noqa: F401 - re-exported for efficientnet_tf.training
+from efficientnet_tf.errors import UserError
 
 METADATA_URL_ENV = "EFFICIENTNET_TF_GCE_METADATA_URL"  # tests point it at a local server
 STOPPING_GRACE_SECONDS = 30.0  # after a stop, repeated signals are ignored this long
@@ -183,3 +184,15 @@ def reset() -> None:
     global _CURRENT
     if _CURRENT._depth == 0:
         _CURRENT = StopRequest()
+
+
+def watch_maintenance(stop: StopRequest, setting: str, strategy_kind: str) -> None:
+    """train.preemption_watch: also stop on GCE maintenance events (gce; auto on a TPU when the metadata
+    server answers; none)."""
+    watch = str(setting).lower()
+    if watch not in ("auto", "gce", "none"):
+        raise UserError(f"train.preemption_watch must be auto, gce or none, got {setting!r}")
+    if watch == "gce" or (watch == "auto" and strategy_kind == "tpu"):
+        if not stop.watch_maintenance_events() and watch == "gce":
+            logging.warning("train.preemption_watch=gce: the GCE metadata server does not answer; "
+                            "stopping on SIGTERM / SIGINT only")

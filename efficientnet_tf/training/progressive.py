@@ -20,6 +20,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import ml_collections
+
+from efficientnet_tf.data.augment_device import DeviceAugmentation
 from efficientnet_tf.errors import UserError
 
 
@@ -112,3 +115,28 @@ class ProgressiveSchedule:
         """The first step of the next stage after `step`, or None in the last stage."""
         stage = self.stage_at(step)
         return None if stage.index == len(self.stages) - 1 else stage.end_step
+
+
+def device_augmentation(config: Any, stage: Stage | None = None) -> DeviceAugmentation | None:
+    """data.augment_on_device: the augmentation the train step applies (None when off or nothing to do);
+    a progressive stage sets its strength."""
+    data_config = config.data
+    if not data_config.get("augment_on_device"):
+        return None
+    return DeviceAugmentation.create(
+        augment=data_config.augment, randaug_num_layers=int(data_config.randaug_num_layers),
+        randaug_magnitude=stage.randaug_magnitude if stage else float(data_config.randaug_magnitude),
+        mixup_alpha=stage.mixup_alpha if stage else float(data_config.mixup_alpha),
+        cutmix_alpha=stage.cutmix_alpha if stage else float(data_config.cutmix_alpha), seed=config.train.seed,
+        deterministic=bool(config.train.deterministic),
+    )
+
+
+def with_dropout_layer(config: Any, schedule: ProgressiveSchedule | None) -> Any:
+    """The config to build the model from: a progressive run whose stages use dropout needs the dropout
+    layer even when model.dropout_rate is 0 (each stage sets its rate)."""
+    if schedule is None or float(config.model.dropout_rate) > 0 or schedule.max_dropout_rate <= 0:
+        return config
+    copy = ml_collections.ConfigDict(config.to_dict())
+    copy.model.dropout_rate = schedule.max_dropout_rate
+    return copy

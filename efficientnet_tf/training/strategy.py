@@ -224,6 +224,31 @@ def set_precision(policy: str) -> None:
     keras.mixed_precision.set_global_policy(policy)
 
 
+def compile_replica_step(step_fn: Any, info: StrategyInfo) -> Any:
+    """`step_fn` compiled with XLA, for `strategy.run`.
+
+    Under MirroredStrategy (and multi-worker) two rules hold. The compiled function must not contain a
+    cross-replica synchronisation (the optimizer's gradient all-reduce, the batch-norm all-reduce):
+    `merge_call` cannot run inside a nested tf.function, so the training loop compiles only the forward
+    and backward pass there. And the compiled call is pinned to its replica's own device: without that,
+    a compiled call inside `strategy.run` in a tf.function is placed on the first device, and XLA cannot
+    reach the other replicas' variables ("Trying to access resource .../replica_1/... located in device
+    CPU:1 from device CPU:0", XLA's "tf.Variable on a different device" limit).
+    """
+    compiled = tf.function(step_fn, jit_compile=True)
+    if info.kind not in ("mirrored", "multi_worker"):
+        return compiled
+
+    def on_replica_device(*args: Any) -> Any:
+        device = tf.distribute.get_replica_context().devices[0]
+        while isinstance(device, (list, tuple)):  # MirroredStrategy lists a replica's devices
+            device = device[0]
+        with tf.device(device):
+            return compiled(*args)
+
+    return on_replica_device
+
+
 def use_xla(requested: str | bool, device_type: str) -> bool:
     """Whether to jit-compile the training step: XLA on GPU/TPU, off on CPU (~8x slower there)."""
     if isinstance(requested, bool):

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from efficientnet_tf.errors import UserError
 from efficientnet_tf.rundir import RunDir
 
 
@@ -29,6 +30,19 @@ def image_grid(images: np.ndarray | tf.Tensor, max_images: int = 16) -> np.ndarr
         r, c = divmod(i, cols)
         grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
     return grid[None]
+
+
+def parse_profile_steps(value: str | None) -> tuple[int, int] | None:
+    """Parse "START,STOP" (train.profile_steps) into a step range for the profiler."""
+    if not value:
+        return None
+    try:
+        start, stop = (int(part) for part in str(value).split(","))
+    except ValueError:
+        raise UserError(f"train.profile_steps must be START,STOP (e.g. 10,20), got {value!r}") from None
+    if not 0 <= start < stop:
+        raise UserError(f"train.profile_steps needs 0 <= START < STOP, got {value!r}")
+    return start, stop
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:
@@ -173,6 +187,8 @@ class Progress:
             parts.append(f"lr {metrics['learning_rate']:.3g}")
         if metrics.get("images_per_second"):
             parts.append(f"{metrics['images_per_second']:.1f} img/s")
+        if metrics.get("input_wait_fraction") is not None:
+            parts.append(f"input wait {100 * metrics['input_wait_fraction']:.0f}% of step time")
         if self.is_tty:
             width = 24
             filled = int(width * step / self.total)
@@ -193,3 +209,18 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
         logging.info("%s", text)
+
+    def warning(self, text: str) -> None:
+        """Log a warning without breaking the bar."""
+        if self.is_tty:
+            self.stream.write("\n")
+            self.stream.flush()
+        logging.warning("%s", text)
+
+
+def announce(message: str, progress: Progress | None) -> None:
+    """A line in the progress output while training runs, else in the log."""
+    if progress is not None:
+        progress.message(message)
+    else:
+        logging.info("%s", message)

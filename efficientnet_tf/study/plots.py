@@ -14,6 +14,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.study import scaling_rules
+from efficientnet_tf.study.statistics import fit_time
 
 DPI = 100
 Series = Mapping[str, Sequence[float]]
@@ -31,6 +33,7 @@ class PlotFile:
 
 
 def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.8):
+    # matplotlib is imported on first use: only a study that draws pays for it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -101,8 +104,6 @@ def plot_search_grid(points: Sequence[Mapping[str, float]], path: str | os.PathL
     if not points:
         raise UserError("the search grid plot needs at least one point")
     if marked is None:
-        from efficientnet_tf import scaling_rules
-
         marked = {"paper (1.2, 1.1, 1.15)": scaling_rules.paper_compound().shares,
                   "width share a=0.8": scaling_rules.width_share(0.8).shares}
     figure, axes = _figure(width=6.4, height=5.6)
@@ -165,8 +166,6 @@ def plot_time_fits(step_times: Sequence[float], madds: Sequence[float], activati
                    path: str | os.PathLike, *, names: Sequence[str] | None = None,
                    time_unit: str = "s") -> PlotFile:
     """Step time against MAdds (left) and activations (right), each with its least-squares line and R²."""
-    from efficientnet_tf.study_stats import fit_time
-
     fit = fit_time(step_times, madds, activations)
     figure, axes = _figure(ncols=2, width=5.6)
     for ax, xs, line, xlabel in ((axes[0], madds, fit.madds, "multiply-adds per image"),

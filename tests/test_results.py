@@ -1,0 +1,157 @@
+"""Evaluation results: confusion matrix, per-class figures, calibration, the report's files and pictures,
+and the per-example details of the evaluation step."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from efficientnet_tf import results
+from efficientnet_tf.results import plots
+from efficientnet_tf.training import evaluation
+
+# A tiny labelled set: 3 classes, 9 images, predictions chosen by hand.
+LABELS = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+PREDICTED = np.array([0, 0, 1, 1, 1, 2, 2, 0, 0])
+# Counted by hand: rows true class, columns predicted class.
+HAND_MATRIX = np.array([[2, 1, 0],
+                        [0, 2, 1],
+                        [2, 0, 1]])
+
+
+def _probabilities(predicted: np.ndarray, num_classes: int, confidence: float = 0.8) -> np.ndarray:
+    probs = np.full((len(predicted), num_classes), (1 - confidence) / (num_classes - 1))
+    probs[np.arange(len(predicted)), predicted] = confidence
+    return probs
+
+
+def test_confusion_matrix_matches_a_hand_count():
+    matrix = results.confusion_matrix(LABELS, PREDICTED, 3)
+    np.testing.assert_array_equal(matrix, HAND_MATRIX)
+    assert matrix.sum() == len(LABELS)
+    records = results.EvalRecords(3)
+    records.add(LABELS[:4], _probabilities(PREDICTED[:4], 3), np.ones(4))
+    records.add(LABELS[4:], _probabilities(PREDICTED[4:], 3), np.ones(5))
+    np.testing.assert_array_equal(records.confusion(), HAND_MATRIX)
+    with pytest.raises(ValueError):
+        results.confusion_matrix([0, 3], [0, 1], 3)
+
+
+def test_per_class_figures_match_a_hand_computation():
+    figures = results.per_class_metrics(HAND_MATRIX)
+    # class 0: TP 2, predicted 4 (2 + 0 + 2), support 3; FP 2, FN 1 -> TN 9 - 2 - 2 - 1 = 4
+    # class 1: TP 2, predicted 3, support 3; FP 1, FN 1 -> TN 5
+    # class 2: TP 1, predicted 2, support 3; FP 1, FN 2 -> TN 5
+    np.testing.assert_allclose(figures["precision"], [2 / 4, 2 / 3, 1 / 2])
+    np.testing.assert_allclose(figures["recall"], [2 / 3, 2 / 3, 1 / 3])
+    np.testing.assert_allclose(figures["accuracy"], [6 / 9, 7 / 9, 6 / 9])
+    np.testing.assert_array_equal(figures["support"], [3, 3, 3])
+    pairs = results.most_confused_pairs(HAND_MATRIX, 2)
+    assert pairs[0] == (2, 0, 2, pytest.approx(2 / 3))
+    assert [p[:3] for p in pairs] == [(2, 0, 2), (0, 1, 1)]
+    empty = results.per_class_metrics(np.array([[1, 0], [0, 0]]))
+    assert np.isnan(empty["precision"][1]) and np.isnan(empty["recall"][1])
+
+
+def test_ece_of_calibrated_predictions_is_about_zero():
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.3, 1.0, 200_000)
+    correct = rng.uniform(size=confidence.size) < confidence  # right exactly as often as it claims
+    calibrated = results.calibration(confidence, correct)
+    assert calibrated.ece < 0.01
+    assert calibrated.counts.sum() == confidence.size
+    np.testing.assert_allclose(calibrated.accuracy[calibrated.counts > 1000],
+                               calibrated.confidence[calibrated.counts > 1000], atol=0.02)
+    overconfident = results.calibration(np.clip(confidence + 0.2, 0, 1), correct)
+    assert overconfident.ece > 0.1
+
+
+def _png_size(path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+@pytest.mark.parametrize("num_classes, shown", [(10, 10), (100, 100), (130, plots.MOST_CONFUSED)])
+def test_confusion_matrix_png_shows_the_expected_classes(tmp_path, num_classes, shown):
+    rng = np.random.default_rng(num_classes)
+    labels = rng.integers(0, num_classes, 20 * num_classes)
+    predicted = np.where(rng.uniform(size=labels.size) < 0.7, labels, rng.integers(0, num_classes, labels.size))
+    matrix = results.confusion_matrix(labels, predicted, num_classes)
+    names = [f"class number {i}" for i in range(num_classes)]
+    picture = plots.confusion_matrix_png(matrix, names, str(tmp_path / "cm.png"))
+    width, height = _png_size(picture.path)
+    assert len(picture.classes) == shown
+    if shown < num_classes:
+        np.testing.assert_array_equal(picture.classes, results.most_confused_classes(matrix, shown))
+    # Each class keeps a legible cell: at least 20 pixels per row at 100 classes.
+    assert height >= 20 * min(shown, 100) and width >= height
+    assert picture.pixels.ndim == 3 and max(picture.pixels.shape[:2]) <= plots.SUMMARY_MAX_PIXELS + 1
+
+
+def test_report_files_table_and_tensorboard_images(tmp_path, caplog):
+    names = ["tench", "church", "parachute"]
+    records = results.EvalRecords(3, keep=4)
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 255, (len(LABELS), 24, 24, 3)).astype(np.float32)
+    probs = _probabilities(PREDICTED, 3)
+    losses = -np.log(probs[np.arange(len(LABELS)), LABELS])
+    records.add(LABELS, probs, losses)
+    records.add_candidates(images, LABELS, probs, losses)
+    writer = tf.summary.create_file_writer(str(tmp_path / "logs"))
+    with caplog.at_level("INFO"):
+        report = results.write_report(records, names, str(tmp_path / "report"), step=7,
+                                      heatmaps=[np.zeros((24, 24))] * 4, writer=writer)
+    writer.close()
+    directory = tmp_path / "report"
+    with open(directory / "per_class.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["class"] for r in rows] == names
+    assert float(rows[0]["precision"]) == pytest.approx(0.5) and float(rows[2]["recall"]) == pytest.approx(1 / 3)
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["examples"] == 9 and summary["most_confused"][0]["true"] == "parachute"
+    for name in ("confusion_matrix", "reliability", "top_losses", "top_losses_gradcam"):
+        _png_size(directory / f"{name}.png")
+        assert report.pictures[name].path == str(directory / f"{name}.png")
+    # The highest-loss grid holds the 4 worst images (every mistake has the same loss here) and their classes.
+    worst = records.top_losses()
+    assert len(worst) == 4 and all(e.label != e.predicted for e in worst)
+    assert set(report.pictures["top_losses"].classes) == {0, 1, 2}
+    assert "tench" in caplog.text and "precision" in caplog.text and "parachute -> tench 2x" in caplog.text
+    tags = set()
+    for event_file in (tmp_path / "logs").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags |= {value.tag for value in event.summary.value}
+    assert {"eval/confusion_matrix", "eval/reliability", "eval/top_losses"} <= tags
+
+
+def test_eval_step_details_feed_the_records():
+    """The evaluation step's per-example outputs give the same confusion matrix as the model itself."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4)(x))
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0, 1, (50, 8, 8, 3)).astype(np.float32)
+    labels = rng.integers(0, 4, 50).astype(np.int32)
+    strategy = tf.distribute.get_strategy()
+    eval_batch = evaluation.make_eval_batch_fn(strategy, model, 4, details=3)
+    records = results.EvalRecords(4, keep=5)
+    metrics = evaluation.evaluate_model(
+        strategy, eval_batch, lambda context: tf.data.Dataset.from_tensor_slices((images, labels)).batch(16), records)
+    logits = model(images).numpy()
+    expected = results.confusion_matrix(labels, logits.argmax(-1), 4)
+    np.testing.assert_array_equal(records.confusion(), expected)
+    assert records.count == 50 and metrics["examples"] == 50
+    assert metrics["top1"] == pytest.approx(np.trace(expected) / 50)
+    losses = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True).numpy()
+    worst = records.top_losses()
+    np.testing.assert_allclose([e.loss for e in worst], np.sort(losses)[::-1][:5], rtol=1e-5)
+    np.testing.assert_allclose(worst[0].image, images[int(np.argmax(losses))])
