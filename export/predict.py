@@ -143,12 +143,12 @@ class OnnxPredictor(_BytesFromImages):
             from efficientnet_tf.export.onnx import OnnxModel
         except ImportError as error:
             raise UserError(f"predicting with {os.path.basename(path)} needs ONNX Runtime: "
-                            f"pip install 'efficientnet-tf[onnx]' ({first_line(error)})") from None
+                            f"pip install -e '.[onnx]' ({first_line(error)})") from None
         try:
             self.model = OnnxModel(path)
         except ImportError as error:
             raise UserError(f"predicting with {os.path.basename(path)} needs ONNX Runtime: "
-                            f"pip install 'efficientnet-tf[onnx]' ({first_line(error)})") from None
+                            f"pip install -e '.[onnx]' ({first_line(error)})") from None
         sidecar_info = common.read_json(os.path.join(os.path.dirname(path), common.EXPORT_INFO_FILE)) or {}
         info = dict(getattr(self.model, "metadata", None) or sidecar_info)
         names = class_names or getattr(self.model, "class_names", None) or info.get("class_names") or \

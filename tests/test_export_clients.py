@@ -214,3 +214,18 @@ def importlib_util_find(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def test_export_of_a_run_without_a_checkpoint_is_one_line_and_keeps_earlier_files(tmp_path):
+    from efficientnet_tf import app
+
+    config = app.layered_config([], {})
+    earlier = tmp_path / "export" / "model_int8.tflite"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an earlier export")
+    with pytest.raises(UserError, match=r"no checkpoint in .*; train into this --model_dir first") as raised:
+        app.export(config, str(tmp_path), calibration_images=1, eval_images=1)
+    assert "\n" not in str(raised.value)
+    assert earlier.read_bytes() == b"an earlier export"
+    with pytest.raises(UserError, match="unknown export format"):  # checked before the checkpoint is looked for
+        app.export(config, str(tmp_path), formats=["tflite_int4"], calibration_images=1, eval_images=1)

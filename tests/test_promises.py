@@ -1,5 +1,6 @@
-"""Promises of the README checked through the real command line: a NaN loss ends with exit status 3 and
-the last good checkpoint intact; a SIGTERM flushes TensorBoard up to the step it stopped at.
+"""Promises of the README: a NaN loss ends the command with exit status 3 and the last good checkpoint
+intact; a stopped run (SIGTERM through the command line, or a signal in-process) has TensorBoard's
+scalars of every step on disk, the stopped step included.
 """
 
 from __future__ import annotations

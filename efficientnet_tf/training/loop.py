@@ -500,7 +500,7 @@ class Trainer:
             if stop_votes > 0:
                 stop.request("a stop request on another worker")
                 stopping = True
-            if False and not math.isfinite(loss_sum):
+            if not math.isfinite(loss_sum):
                 raise NonFiniteLossError(
                     f"the training loss became {loss_sum} between steps {step} and {stop_at}; "
                     f"stopped without saving, the last good checkpoint is {last_checkpoint or 'none'} "
