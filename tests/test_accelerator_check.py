@@ -9,9 +9,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # about 100 s of CPU: CI runs it in the slow tier
 def test_accelerator_check_quick_runs_every_part(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "check.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")

@@ -130,7 +130,8 @@ def test_mixed_precision_checkpoint_evaluates_and_exports_in_float32(tmp_path: p
     mixed = trained.result.eval_metrics
     examples = mixed["examples"]
     assert evaluated.metrics["examples"] == examples
-    assert abs(evaluated.metrics["top1"] - mixed["top1"]) <= 2 / examples  # at most 2 near-ties flip
+    # Near-ties of an untrained model flip: at most 2 images in float16, 4% in bfloat16 (8 significant bits).
+    assert abs(evaluated.metrics["top1"] - mixed["top1"]) <= (0.04 if policy == "mixed_bfloat16" else 2 / examples)
     assert evaluated.metrics["loss"] == pytest.approx(mixed["loss"], rel=0.02 if policy == "mixed_bfloat16" else 2e-3)
     model = model_io.build_model_from_config(float_config, classifier_activation="softmax")  # as export builds it
     model_io.restore_weights(model, RunDir(str(tmp_path)).checkpoint(None))
@@ -141,9 +142,10 @@ def test_mixed_precision_checkpoint_evaluates_and_exports_in_float32(tmp_path: p
     assert artifacts["saved_model"]["passed"] and artifacts["saved_model"]["top1_agreement"] == 1.0, artifacts
     served = tf.saved_model.load(os.path.join(exported.export_dir, "saved_model"))
     signature = served.signatures["serving_images"]
-    assert all(spec.dtype == tf.float32 for spec in signature.structured_outputs.values()), signature.structured_outputs
-    probabilities = signature(images=tf.zeros([1, SIZE, SIZE, 3], tf.float32))
-    assert all(t.dtype == tf.float32 for t in probabilities.values())
+    floating = [spec for spec in signature.structured_outputs.values() if spec.dtype.is_floating]
+    assert floating and all(spec.dtype == tf.float32 for spec in floating), signature.structured_outputs
+    outputs = signature(images=tf.zeros([1, SIZE, SIZE, 3], tf.float32))
+    assert outputs["probabilities"].dtype == tf.float32
     graph = signature.graph.as_graph_def()
     nodes = [*graph.node, *(node for function in graph.library.function for node in function.node_def)]
     half = [n.name for n in nodes if any(a.type == tf.float16.as_datatype_enum for a in n.attr.values())]

@@ -479,6 +479,7 @@ def test_train_step_augments_on_the_device_reproducibly(tmp_path):
     assert max(float(np.abs(a - c).max()) for a, c in zip(first, plain, strict=True)) > 1e-4
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_train_step_augments_on_the_device_under_two_mirrored_cpus(tmp_path):
     out = tmp_path / "report.json"
     env = dict(os.environ)

@@ -307,7 +307,8 @@ def test_checkpoints_are_listed_once_whatever_the_paths_look_like(tmp_path, monk
     assert "Unreadable" not in caplog.text and not (tmp_path / "run" / "checkpoints" / "unreadable").exists()
 
 
-@pytest.mark.parametrize("damage", ["data file deleted", "index deleted", "state file deleted"])
+@pytest.mark.parametrize("damage", [pytest.param("data file deleted", marks=pytest.mark.slow), "index deleted",
+                                    pytest.param("state file deleted", marks=pytest.mark.slow)])
 def test_deleted_checkpoint_files_fall_back_or_resume(three_checkpoints, tmp_path, damage: str) -> None:
     model_dir = copy_run(three_checkpoints, tmp_path)
     ckpt = model_dir / "checkpoints"
@@ -345,6 +346,7 @@ def test_no_readable_checkpoint_is_one_line_naming_the_directory(three_checkpoin
 # One writer per run directory
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_a_second_trainer_is_refused_while_the_first_runs(tmp_path: pathlib.Path) -> None:
     model_dir = tmp_path / "run"
     first = Trainer(command(model_dir, 400, checkpoint_every=5))

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
 from efficientnet_tf import hparams
 from efficientnet_tf import training
@@ -19,6 +20,17 @@ from efficientnet_tf.training import throughput
 TINY = "model.width_coefficient=0.25,model.depth_coefficient=0.25,model.image_size=32"
 BATCH, CLASSES, STEPS = 4, 3, 6
 SLOW_BATCH_SECONDS = 0.4
+
+
+@pytest.fixture(autouse=True)
+def _op_determinism_off():
+    """Op determinism is process state that an earlier test in this worker may have turned on (the meter
+    then stays off by design); these tests measure, so they run with it off and put it back after."""
+    was_on = tf_config.is_op_determinism_enabled()
+    tf_config.disable_op_determinism()
+    yield
+    if was_on:
+        tf_config.enable_op_determinism()
 
 
 def _trainer(model_dir: pathlib.Path, dataset_fn, *extra: str) -> training.Trainer:
@@ -60,7 +72,8 @@ def _train_scalars(model_dir: pathlib.Path, tag: str) -> list[float]:
 
 def _train(model_dir: pathlib.Path, dataset_fn, caplog: pytest.LogCaptureFixture, *extra: str):
     trainer = _trainer(model_dir, dataset_fn, *extra)
-    with caplog.at_level(logging.INFO):
+    # The absl logger's own level too: an earlier test in the process may have lowered absl's verbosity.
+    with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
         result = trainer.train()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "Input-bound" in r.getMessage()]
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
@@ -144,3 +157,23 @@ def test_meter_times_the_wait_inside_a_compiled_loop() -> None:
     assert 2 * SLOW_BATCH_SECONDS * 0.9 <= waited <= wall, (waited, wall)  # a batch may have been ready
     assert meter.take() == 0.0
     assert np.isfinite(waited)
+
+
+def test_deterministic_runs_are_not_metered() -> None:
+    """tf.timestamp fails under op determinism (train.deterministic): the meter then measures nothing and the
+    window reports speed but no input-wait share."""
+    meter = throughput.InputWaitMeter(enabled=False)
+
+    @tf.function
+    def loop():
+        (images, _), timed = meter.next_batch(iter(fast_dataset()))
+        with tf.control_dependencies([timed]):
+            return tf.reduce_sum(images)
+
+    graph = loop.get_concrete_function().graph
+    assert not [op for op in graph.get_operations() if op.type == "Timestamp"]
+    assert meter.take() is None
+    window = throughput.LogWindow()
+    window.add(8.0, 2.0, 4.0, steps=2, seconds=1.0, waited=meter.take(), timed=True)
+    metrics = window.metrics(4, 0.1)
+    assert "input_wait_fraction" not in metrics and metrics["images_per_second"] == pytest.approx(8.0)

@@ -60,6 +60,7 @@ def test_bad_settings_are_one_line_errors(overrides: str, message: str) -> None:
         _schedule(overrides)
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_a_progressive_run_stopped_mid_stage_resumes_to_the_same_weights(tmp_path: pathlib.Path) -> None:
     """Three stages (16, 32, 48 px) over 30 steps; SIGTERM in the second stage; the rerun resumes in that stage
     with its input position and ends with the uninterrupted run's weights. Evaluation is at 48 px."""
@@ -90,6 +91,7 @@ def test_a_progressive_run_stopped_mid_stage_resumes_to_the_same_weights(tmp_pat
         np.testing.assert_array_equal(actual[name], reference[name], err_msg=name)
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_progressive_under_two_mirrored_replicas_with_augmentation_on_the_device(tmp_path: pathlib.Path) -> None:
     proc = run(command(tmp_path / "run", 12, extra=(STAGES, "--cpu_devices=2", "--mode=train_and_eval",
                                                    "--hparams=data.augment_on_device=true")))

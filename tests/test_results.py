@@ -107,7 +107,8 @@ def test_report_files_table_and_tensorboard_images(tmp_path, caplog):
     records.add(LABELS, probs, losses)
     records.add_candidates(images, LABELS, probs, losses)
     writer = tf.summary.create_file_writer(str(tmp_path / "logs"))
-    with caplog.at_level("INFO"):
+    # absl's own logger level is process state another test may have raised (the command line sets WARNING).
+    with caplog.at_level("INFO"), caplog.at_level("INFO", logger="absl"):
         report = results.write_report(records, names, str(tmp_path / "report"), step=7,
                                       heatmaps=[np.zeros((24, 24))] * 4, writer=writer)
     writer.close()

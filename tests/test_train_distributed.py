@@ -63,6 +63,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
     return output
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_mirrored_two_cpu_replicas_agree(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "mirrored.json"
     _finish(_run_worker("mirrored", out, tmp_path / "run", _env()))

@@ -150,7 +150,7 @@ class Trainer:
         self._parameters = finetune.count_weights(self.model.trainable_variables)  # before any freezing
         self._phase: finetune.Phase | None = None
         self._device_augment = progressive.device_augmentation(config)
-        self._input_wait = throughput.InputWaitMeter()
+        self._input_wait = throughput.InputWaitMeter(enabled=not train.deterministic)
         self._input_alarm_threshold = throughput.alarm_threshold(
             train.get("input_wait_alarm", throughput.DEFAULT_THRESHOLD))
         self._build_functions()

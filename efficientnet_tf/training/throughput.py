@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled has no public form
 
 from efficientnet_tf.errors import UserError
 
@@ -40,9 +41,15 @@ def alarm_threshold(value: Any) -> float | None:
 
 
 class InputWaitMeter:
-    """Seconds the training loop spent blocked on `next(iterator)`, summed on the host until `take`."""
+    """Seconds the training loop spent blocked on `next(iterator)`, summed on the host until `take`.
 
-    def __init__(self) -> None:
+    `enabled=False` (train.deterministic) measures nothing: TensorFlow refuses `tf.timestamp` under op
+    determinism ("Timestamp cannot be called when determinism is enabled"). Op determinism is process
+    state (a caller may have turned it on before), so the meter also stays off whenever it is on.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and not tf_config.is_op_determinism_enabled()
         # A plain host variable outside any strategy: the compiled loop adds to it between replica steps.
         with tf.device("/cpu:0"):
             self._seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="input_wait_seconds")
@@ -50,6 +57,8 @@ class InputWaitMeter:
     def next_batch(self, iterator: Any) -> tuple[Any, tf.Operation]:
         """`next(iterator)` inside a tf.function, timed: the batch, and an op that the step should run after
         (so that none of the step's own work runs inside the timed gap)."""
+        if not self.enabled:
+            return next(iterator), tf.no_op()
         began = tf.timestamp()
         with tf.control_dependencies([began]):
             batch = next(iterator)
@@ -58,8 +67,10 @@ class InputWaitMeter:
             waited = tf.timestamp() - began
         return batch, self._seconds.assign_add(waited)
 
-    def take(self) -> float:
-        """Seconds waited since the last call, and reset."""
+    def take(self) -> float | None:
+        """Seconds waited since the last call, and reset (None when not measured)."""
+        if not self.enabled:
+            return None
         value = float(self._seconds.numpy())
         self._seconds.assign(0.0)
         return value
@@ -75,22 +86,22 @@ class LogWindow:
     count: float = 0.0
     steps: int = 0
     seconds: float = 0.0
-    waited: float = 0.0
+    waited: float | None = 0.0  # None: not measured
 
-    def add(self, loss_sum: float, correct: float, count: float, *, steps: int, seconds: float, waited: float,
-            timed: bool) -> None:
+    def add(self, loss_sum: float, correct: float, count: float, *, steps: int, seconds: float,
+            waited: float | None, timed: bool) -> None:
         self.loss += loss_sum
         self.correct += correct
         self.count += count
         if timed:
             self.steps += steps
             self.seconds += seconds
-            self.waited += waited
+            self.waited = None if waited is None or self.waited is None else self.waited + waited
 
     @property
     def input_wait_fraction(self) -> float | None:
-        """Share of the timed wall time spent waiting for input (None before any timed call)."""
-        if not self.steps or self.seconds <= 0:
+        """Share of the timed wall time spent waiting for input (None before any timed call, or unmeasured)."""
+        if not self.steps or self.seconds <= 0 or self.waited is None:
             return None
         return min(1.0, max(0.0, self.waited / self.seconds))
 
@@ -101,10 +112,11 @@ class LogWindow:
             "top1": self.correct / max(self.count, 1.0),
             "learning_rate": learning_rate,
         }
-        fraction = self.input_wait_fraction
-        if fraction is not None:
+        if self.steps and self.seconds > 0:
             metrics["images_per_second"] = self.steps * global_batch / self.seconds
             metrics["step_time_seconds"] = self.seconds / self.steps
+        fraction = self.input_wait_fraction
+        if fraction is not None:
             metrics["input_wait_fraction"] = fraction
         return metrics
 
