@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import keras
 import numpy as np
 from keras import layers
@@ -162,6 +164,7 @@ def build_model(
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
 
+    _allow_graph_depth(len(blocks))
     model = keras.Model(inputs, x, name=name or variant.name.replace("-", "_"))
     if weights is not None:
         from efficientnet_tf.weights import load_pretrained
@@ -171,6 +174,15 @@ def build_model(
         else:
             load_pretrained(model, weights)
     return model
+
+
+def _allow_graph_depth(blocks: int) -> None:
+    """Keras walks a functional graph recursively, a few frames per layer, when it builds, clones or saves
+    a model; the deepest variants (L2: 88 blocks, over 1,200 layers) pass Python's default limit of 1,000
+    frames. Raise the limit (never lower it) to what the graph needs plus room for the caller's stack."""
+    needed = 2_000 + 150 * blocks
+    if sys.getrecursionlimit() < needed:
+        sys.setrecursionlimit(needed)
 
 
 def endpoint_layer_names(model_name: str, depth_coefficient: float | None = None) -> dict[str, str]:

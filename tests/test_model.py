@@ -247,3 +247,25 @@ def test_summary_table_rows():
     assert rows["efficientnet-lite0"][4] == "4.69M" and rows["efficientnet-lite0"][8] == "0.407B"
     assert rows["efficientnet-phi0.5"][6] == "-" and rows["efficientnet-phi0.5"][8] == "-"
     assert scaling.get_variant("efficientnet-b8").paper_madds_b is None  # nor for B8
+
+
+def test_deep_graphs_build_from_a_deep_caller_stack():
+    """Keras walks the functional graph recursively; L2 (over 1,200 layers) passed Python's default limit of
+    1,000 frames when built from inside a test runner. The builder raises the limit to what the graph needs.
+    B0 at 900 frames deep under a limit of 1,000 fails the same way without that."""
+    import sys
+
+    et.build_model("efficientnet-b0", width_coefficient=0.25, resolution=32, classes=7)  # lazy imports done
+
+    def at_depth(n: int):
+        return et.build_model("efficientnet-b0", width_coefficient=0.25, resolution=32, classes=7) if n == 0 \
+            else at_depth(n - 1)
+
+    saved = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        depth = 900 - len(__import__("inspect").stack(0))
+        model = at_depth(depth)
+        assert len(model.layers) > 200 and sys.getrecursionlimit() > 1000
+    finally:
+        sys.setrecursionlimit(max(saved, sys.getrecursionlimit()))
