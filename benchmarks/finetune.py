@@ -55,7 +55,7 @@ def evaluate_as_is(weights: str, dataset: str) -> dict:
 
     from efficientnet_tf import app, build_model
     from efficientnet_tf.data.make_embedded import IMAGENET_INDEX
-    from efficientnet_tf.weights import load_pretrained
+    from efficientnet_tf.models.weights import load_pretrained
 
     began = time.perf_counter()
     config = app.layered_config(["hparams/finetune.yaml"], {"model.name": MODEL, "data.dataset": dataset})

@@ -41,6 +41,10 @@ class RandomStream:
         self._count += 1
         return tf.random.experimental.stateless_fold_in(self._seed, self._count)
 
+    def sub_seed(self) -> tf.Tensor | None:
+        """The seed of a sub-stream: a fresh one when seeded, None (the global RNG) when not."""
+        return self.next_seed() if self.seeded else None
+
     def uniform(self, shape=(), minval: float = 0.0, maxval: float = 1.0) -> tf.Tensor:
         """Float32 uniform in [minval, maxval)."""
         if self._seed is None:

@@ -19,6 +19,7 @@ import sys
 import tarfile
 
 import numpy as np
+import tensorflow as tf
 
 # wnid -> readable name, in Imagenette's order.
 IMAGENETTE_CLASSES = {
@@ -79,8 +80,6 @@ def build(
     archive: str, out: str, *, per_class: int, val_per_class: int, size: int, quality: int, seed: int
 ) -> int:
     """Write the subset to `out` (replacing it); return the number of images written."""
-    import tensorflow as tf
-
     if not 0 < val_per_class < per_class:
         raise SystemExit("need 0 < --val_per_class < --per_class")
     with tarfile.open(archive) as tar:

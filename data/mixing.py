@@ -80,13 +80,16 @@ def mix_batch(
     cutmix_alpha: float = 0.0,
     *,
     seed: tf.Tensor | None = None,
+    mixup_fn=None,
+    cutmix_fn=None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Apply mixup or cutmix (one of the two, 50/50 per batch, when both alphas are > 0)."""
+    """Apply mixup or cutmix (one of the two, 50/50 per batch, when both alphas are > 0). `mixup_fn` /
+    `cutmix_fn` replace this module's `mixup` / `cutmix` (the on-device forms sample Beta differently)."""
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, labels
     rng = RandomStream(seed)
-    sub_seed = rng.next_seed() if rng.seeded else None
-    return choose_mix(images, labels, mixup_alpha, cutmix_alpha, rng, sub_seed, mixup, cutmix)
+    return choose_mix(images, labels, mixup_alpha, cutmix_alpha, rng, rng.sub_seed(), mixup_fn or mixup,
+                      cutmix_fn or cutmix)
 
 
 def choose_mix(images: tf.Tensor, labels: tf.Tensor, mixup_alpha: float, cutmix_alpha: float, rng: RandomStream,

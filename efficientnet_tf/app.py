@@ -1,7 +1,6 @@
 """The application layer: what `main.py`, the benchmarks and studies call to train, evaluate, export
 and predict. Each entry point takes a config (or a run directory) and returns a result object.
 
-    from efficientnet_tf import app
     config = app.layered_config(["hparams/imagenette.yaml"], {"data.dataset": "folder:/photos"})
     outcome = app.train(config, model_dir="runs/mine")          # TrainOutcome
     print(outcome.report())
@@ -22,12 +21,23 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import keras
+import ml_collections
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
+from efficientnet_tf import data, hparams, model_io, training
+from efficientnet_tf import export as exporter
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.export import predict as predictions
+from efficientnet_tf.models.counting import summary_table
+from efficientnet_tf.models.scaling import canonical_name, get_variant
+from efficientnet_tf.models.weights import published
 from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.runlock import RunLock
+from efficientnet_tf.training import preemption
+from efficientnet_tf.version import __version__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +56,6 @@ class Hardware:
 
 def layered_config(overrides: Sequence[str] = (), flag_values: Mapping[str, Any] | None = None) -> Any:
     """The config from every layer (defaults, variant, dataset, --hparams, flags), model name checked."""
-    from efficientnet_tf import hparams
-    from efficientnet_tf.scaling import get_variant
-
     config = hparams.build_config(overrides, flag_values)
     get_variant(config.model.name)
     return config
@@ -73,9 +80,6 @@ def run_config(
 
     `model` / `dataset`, when given, must be what the run was trained with.
     """
-    from efficientnet_tf import hparams
-    from efficientnet_tf.scaling import canonical_name
-
     config = RunDir(model_dir).read_config()
     for flag, given, trained in (("model", model and canonical_name(model), config.model.name),
                                  ("dataset", dataset, config.data.dataset)):
@@ -91,9 +95,6 @@ def run_config(
 
 def configure_randomness(config: Any) -> None:
     """Seed everything and turn on deterministic ops when the config asks."""
-    import keras
-    import tensorflow as tf
-
     seed = config.train.seed
     if config.train.deterministic and seed is None:
         seed = 0
@@ -105,8 +106,6 @@ def configure_randomness(config: Any) -> None:
 
 def make_strategy(config: Any, hardware: Hardware) -> Any:
     """The strategy for the hardware, with the precision policy set for its device type."""
-    from efficientnet_tf import training
-
     info = training.create_strategy(hardware.strategy, tpu=hardware.tpu, num_gpus=hardware.num_gpus,
                                     cpu_devices=hardware.cpu_devices)
     training.set_precision(training.precision_policy(config.runtime.mixed_precision, info.device_type))
@@ -131,8 +130,6 @@ def check_data_dir(path: str | None) -> None:
 
 def load_source(config: Any) -> Any:
     """The data source the config names."""
-    from efficientnet_tf import data
-
     check_data_dir(config.data.data_dir)
     return data.get_source(config.data.dataset, config.data.data_dir,
                            holdout_fraction=float(config.data.holdout_fraction), seed=int(config.data.split_seed),
@@ -141,8 +138,6 @@ def load_source(config: Any) -> Any:
 
 def dataset_functions(config: Any, source: Any) -> tuple[Any, Any]:
     """(train, eval) dataset functions of a tf.distribute.InputContext, batched per replica."""
-    from efficientnet_tf import data
-
     size, d = int(config.model.image_size), config.data
     batch, eval_batch = int(config.train.batch_size), int(config.eval.batch_size)
     # data.augment_on_device: the train step augments and mixes; the host only decodes, crops, flips, resizes.
@@ -173,8 +168,6 @@ def dataset_functions(config: Any, source: Any) -> tuple[Any, Any]:
 
 def evaluation_arrays(config: Any, source: Any, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to `count` held-out images (eval preprocessing, float 0..255) and their labels, in order."""
-    from efficientnet_tf import data
-
     batch = 50
     dataset = data.build_eval_dataset(source, image_size=int(config.model.image_size), batch_size=batch,
                                       resize_method=str(config.data.resize_method))
@@ -209,8 +202,6 @@ class PreparedRun:
 
 def resolve_training_config(config: Any, info: Any, source: Any) -> Any:
     """Fill the derived values from the data source and the hardware; check the batch split."""
-    from efficientnet_tf import data, hparams, training
-
     resolved = hparams.resolve(config, num_classes=int(source.num_classes), num_train=int(source.num_train))
     if resolved.data.augment_backend == "keras_cv" and resolved.data.augment != "none":
         data.augment_keras_cv.load_keras_cv()  # a missing [keras-cv] extra: one line, before the run dir is touched
@@ -222,8 +213,6 @@ def resolve_training_config(config: Any, info: Any, source: Any) -> Any:
 
 def prepare_run_dir(config: Any, run: RunDir, class_names: Sequence[str], *, is_chief: bool) -> None:
     """The resume policy: refuse to mix runs of different models; record config.yaml and labels.txt."""
-    from efficientnet_tf import hparams
-
     run.ensure_writable()
     if run.has_config():
         previous = run.read_config()
@@ -267,18 +256,13 @@ def weights_normalization(config: Any, init_weights: str | None) -> Any:
     """
     if not init_weights or os.path.exists(init_weights):
         return config
-    from efficientnet_tf import pretrained
-    from efficientnet_tf.scaling import canonical_name
-
-    wanted = pretrained.normalization_for(init_weights, canonical_name(str(config.model.name)))
+    wanted = published.normalization_for(init_weights, canonical_name(str(config.model.name)))
     current = config.model.get("normalization")
     if current is not None:
         if current != wanted:
             logging.warning("model.normalization=%s overrides %s, which the %s weights were trained with",
                             current, wanted, init_weights)
         return config
-    import ml_collections
-
     updated = ml_collections.ConfigDict(config.to_dict())
     updated.model.normalization = wanted
     logging.info("--init_weights=%s: input normalization %s", init_weights, wanted)
@@ -339,10 +323,8 @@ def train(
     """Train (and, with `evaluate`, evaluate every train.eval_every_epochs) a layered config.
 
     `init_weights` is a file or a pretrained-weights name (imagenet, advprop, ...; see
-    efficientnet_tf.pretrained); a name also sets model.normalization to the one the weights expect.
+    efficientnet_tf.models.weights.published); a name also sets model.normalization to the one the weights expect.
     """
-    from efficientnet_tf.training import preemption
-
     # SIGTERM / SIGINT from here on stop the run at a step boundary with a checkpoint (training.preemption).
     with preemption.handle_signals():
         return _train(config, model_dir=model_dir, hardware=hardware, evaluate=evaluate, init_weights=init_weights,
@@ -351,8 +333,6 @@ def train(
 
 def _train(config: Any, *, model_dir: str | None, hardware: Hardware, evaluate: bool, init_weights: str | None,
            ready: Callable[[], None] | None) -> TrainOutcome:
-    from efficientnet_tf import training
-
     config = weights_normalization(config, init_weights)
     prepared = prepare_training(config, model_dir=model_dir, hardware=hardware)
     config, info = prepared.config, prepared.info
@@ -401,8 +381,6 @@ def evaluate(config: Any, model_dir: str, *, checkpoint: str | None = None, hard
              ready: Callable[[], None] | None = None, explain: bool = False) -> EvalOutcome:
     """Evaluate a run's checkpoint (latest, best or a prefix), or every new one when eval.continuous;
     each gets a report in <model_dir>/evaluation/step-<N> (`explain`: Grad-CAM on its highest-loss grid)."""
-    from efficientnet_tf import training
-
     info = make_strategy(config, hardware)
     source = load_source(config)
     if int(source.num_classes) != int(config.model.num_classes):
@@ -428,10 +406,8 @@ class ExportOutcome:
 
     def summary(self) -> str:
         """The verification table, the artifacts' directory and the files in it."""
-        from efficientnet_tf import export
-
         files = sorted({row["path"].split(os.sep)[0] for row in self.report["artifacts"] if row.get("path")})
-        return (f"{export.format_report(self.report)}\nArtifacts in {self.export_dir}: {', '.join(files)} "
+        return (f"{exporter.format_report(self.report)}\nArtifacts in {self.export_dir}: {', '.join(files)} "
                 f"(report: export_report.json)")
 
 
@@ -454,8 +430,6 @@ def export(
     Formats default to every one this installation can write; the .tflite files carry standard
     metadata (name, description, version = the checkpoint, `license`, `author`, normalisation, labels).
     """
-    from efficientnet_tf import __version__, data, export as exporter, model_io
-
     # Formats and extras first: a mistake here costs one line and touches nothing.
     chosen = exporter.default_formats() if not formats else exporter.check_formats(formats)
     if "onnx" in chosen:
@@ -465,8 +439,6 @@ def export(
     source = load_source(config)
     if ready:
         ready()
-    import keras  # as in configure_randomness: TensorFlow loads only once a command needs it
-
     # float32 artifacts whatever precision trained the checkpoint (app.train may have left a mixed policy set).
     trained_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
@@ -513,10 +485,8 @@ class PredictOutcome:
 
     def report(self) -> str:
         """One block per image when no --output was given, then a summary line (and where files went)."""
-        from efficientnet_tf import export
-
         run = self.run
-        lines = [] if run.output else [export.format_predictions(self.images, self.results)]
+        lines = [] if run.output else [exporter.format_predictions(self.images, self.results)]
         lines.append(f"Classified {len(run.rows)} image(s) with {self.model} in {run.seconds:.1f}s "
                      f"({run.images_per_second:.1f} images/s)"
                      + (f"; {len(run.bad_files)} unreadable file(s) skipped" if run.bad_files else ""))
@@ -532,8 +502,6 @@ def predict(path: str, images: Sequence[str], *, checkpoint: str | None = None, 
             progress: bool = True) -> PredictOutcome:
     """Classify image files, folders (recursively) and globs with a run directory, an export directory,
     a SavedModel, or a .keras, .tflite or .onnx file; rows go to `output` (.csv / .jsonl) as they come."""
-    from efficientnet_tf.export import predict as predictions
-
     run = predictions.predict_files(path, list(images), top_k=top_k, checkpoint=checkpoint, output=output,
                                     batch_size=batch_size or predictions.DEFAULT_BATCH_SIZE,
                                     explain_dir=explain_dir, progress=progress)
@@ -542,9 +510,6 @@ def predict(path: str, images: Sequence[str], *, checkpoint: str | None = None, 
 
 def summary(model_names: Sequence[str] | None = None) -> str:
     """Every variant's (or the named ones') resolution, width, depth, parameters and MAdds."""
-    from efficientnet_tf.counting import summary_table
-    from efficientnet_tf.scaling import get_variant
-
     for name in model_names or ():
         get_variant(name)  # an unknown name is a one-line error before any building
     return summary_table(tuple(model_names) if model_names else None)

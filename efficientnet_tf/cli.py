@@ -24,7 +24,8 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from efficientnet_tf.errors import EXIT_PREEMPTED, first_line
+from efficientnet_tf import study
+from efficientnet_tf.errors import EXIT_PREEMPTED, UserError, first_line
 
 MODES = ("train", "eval", "train_and_eval", "export", "predict", "summary", "scaling_study")
 # Kept in step with efficientnet_tf.training.strategy (a test checks); listed here so that flag
@@ -145,6 +146,7 @@ def _start() -> Any:
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+    # The application layer imports TensorFlow: it loads only now, after the flags were checked.
     from efficientnet_tf import app as application
 
     return application
@@ -167,8 +169,6 @@ def _hardware(application: Any) -> Any:
 
 def _model_dir(application: Any) -> str:
     """--model_dir, or the default run directory of these flags when it exists."""
-    from efficientnet_tf.errors import UserError
-
     if FLAGS.model_dir:
         return FLAGS.model_dir
     guess = application.default_model_dir(application.layered_config(FLAGS.hparams, _flag_values()))
@@ -184,9 +184,6 @@ def _run_config(application: Any, model_dir: str) -> Any:
 
 def _run_study() -> int:
     """--mode=scaling_study: read and check the spec before TensorFlow starts, then run every arm."""
-    from efficientnet_tf import study
-    from efficientnet_tf.errors import UserError
-
     if not FLAGS.study:
         raise UserError(f"--mode=scaling_study needs --study=<preset or file.yaml> "
                         f"(presets: {', '.join(study.presets())})")
@@ -289,8 +286,6 @@ def _drop_tensorflow_info(record: Any) -> bool:
 
 def as_command_error(error: Exception) -> Exception:
     """Map expected failures to a one-line CommandError; leave real bugs alone (with traceback)."""
-    from efficientnet_tf.errors import UserError
-
     if isinstance(error, CommandError):
         return error
     if isinstance(error, UserError):
@@ -298,7 +293,7 @@ def as_command_error(error: Exception) -> Exception:
     # Only now: a spec error of --mode=scaling_study arrives before TensorFlow was (quietly) imported.
     import tensorflow as tf
 
-    from efficientnet_tf.training import NonFiniteLossError, Preempted
+    from efficientnet_tf.training import NonFiniteLossError, Preempted  # TensorFlow, as above
 
     if isinstance(error, NonFiniteLossError):
         return CommandError(f"training stopped: {first_line(error)}", EXIT_DIVERGED)

@@ -31,6 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.hparams import load_config_file, to_yaml
 
 CONFIG_FILE = "config.yaml"
 IMPORT_REPORT_FILE = "import_report.json"  # what --init_weights loaded, skipped, re-initialised
@@ -197,10 +198,13 @@ class RunDir:
             handle.write(text)
         return path
 
+    def write_import_report(self, source: str, report: dict[str, Any]) -> str:
+        """Write import_report.json: the --init_weights source and the import report's fields."""
+        return self.write_text(IMPORT_REPORT_FILE, json.dumps({"source": str(source), **report}, indent=2,
+                                                               default=str) + "\n")
+
     def write_config(self, config: Any) -> str:
         """Write the resolved config atomically (temporary file, then rename)."""
-        from efficientnet_tf.hparams import to_yaml
-
         tmp = self.config_path + ".tmp"
         with tf.io.gfile.GFile(tmp, "w") as handle:
             handle.write("# Resolved configuration of this run; eval, export and predict read it back.\n")
@@ -210,8 +214,6 @@ class RunDir:
 
     def read_config(self) -> Any:
         """The run's config, checked key by key against today's defaults (an unknown key is a UserError)."""
-        from efficientnet_tf.hparams import load_config_file
-
         if not self.has_config():
             raise UserError(f"no {CONFIG_FILE} in {self.path}; is it the --model_dir of a training run?")
         return load_config_file(self.config_path)
@@ -331,8 +333,6 @@ class RunDir:
 
     def ensure_writable(self, what: str = "--model_dir") -> None:
         """Create the directory if needed and prove it writable, or raise a one-line UserError."""
-        from efficientnet_tf.errors import first_line
-
         try:
             tf.io.gfile.makedirs(self.path)
             probe = self._join(f".write-test-{os.getpid()}")

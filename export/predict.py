@@ -26,12 +26,17 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+import efficientnet_tf.models.layers  # noqa: F401 - registers our serialisable layers and initialisers with Keras
 from efficientnet_tf.data import preprocessing
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.export import common
-from efficientnet_tf.model_io import restore_for_inference
+from efficientnet_tf.export.onnx import OnnxModel
 from efficientnet_tf.export.saved_model import SavedModelPredictor, is_saved_model
 from efficientnet_tf.export.tflite import TFLiteModel
+from efficientnet_tf.gradcam import GradCam
+from efficientnet_tf.model_io import restore_for_inference
+from efficientnet_tf.models.scaling import get_variant
+from efficientnet_tf.results.plots import overlay
 
 DEFAULT_BATCH_SIZE = 32
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -55,8 +60,6 @@ class Predictor(Protocol):
 
 def resize_method_for(model: keras.Model) -> str:
     """Resize kernel of a model's variant, from its name (bicubic, bilinear for lite); bicubic if unknown."""
-    from efficientnet_tf import get_variant
-
     try:
         return get_variant(model.name).resize_method
     except UserError:
@@ -138,17 +141,7 @@ class OnnxPredictor(_BytesFromImages):
     keras_model = None
 
     def __init__(self, path: str, class_names: Sequence[str] | None = None):
-        try:
-            # ONNX Runtime is an optional dependency: imported only when an .onnx file is used.
-            from efficientnet_tf.export.onnx import OnnxModel
-        except ImportError as error:
-            raise UserError(f"predicting with {os.path.basename(path)} needs ONNX Runtime: "
-                            f"pip install -e '.[onnx]' ({first_line(error)})") from None
-        try:
-            self.model = OnnxModel(path)
-        except ImportError as error:
-            raise UserError(f"predicting with {os.path.basename(path)} needs ONNX Runtime: "
-                            f"pip install -e '.[onnx]' ({first_line(error)})") from None
+        self.model = OnnxModel(path)  # ONNX Runtime is optional: without it, one line naming the extra
         sidecar_info = common.read_json(os.path.join(os.path.dirname(path), common.EXPORT_INFO_FILE)) or {}
         info = dict(getattr(self.model, "metadata", None) or sidecar_info)
         names = class_names or getattr(self.model, "class_names", None) or info.get("class_names") or \
@@ -184,8 +177,6 @@ class SavedModelPredictorNamed(_BytesFromImages):
 
 def load_keras_file(path: str) -> keras.Model:
     """Load a .keras file in safe mode: no Python code (Lambda layers, pickles) is deserialised."""
-    import efficientnet_tf  # noqa: F401  registers our serialisable layers and initialisers
-
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except ValueError as error:
@@ -442,15 +433,11 @@ class Explainer:
     """Writes Grad-CAM overlays (PNG) for each classified image of a Keras predictor."""
 
     def __init__(self, model: keras.Model, directory: str):
-        from efficientnet_tf.gradcam import GradCam  # only --explain needs it
-
         self.gradcam = GradCam(model)
         self.directory = directory
         os.makedirs(directory, exist_ok=True)
 
     def write(self, indices: np.ndarray, paths: Sequence[str], images: np.ndarray, classes: np.ndarray) -> None:
-        from efficientnet_tf.results.plots import overlay  # matplotlib colours, only for --explain
-
         heatmaps = self.gradcam.heatmaps(images, classes)
         for index, path, image, heatmap in zip(indices, paths, images, heatmaps):
             pixels = np.clip(np.round(overlay(image, heatmap) * 255), 0, 255).astype(np.uint8)

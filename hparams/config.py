@@ -19,6 +19,8 @@ import yaml
 from absl import logging
 
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.hparams.variants import variant_layer
+from efficientnet_tf.models.scaling import DEFAULT_DROP_CONNECT_RATE, canonical_name, get_variant
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS_FILE = os.path.join(CONFIG_DIR, "defaults.yaml")
@@ -63,7 +65,7 @@ _OVERRIDE_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")
 
 def _read_yaml(path: str) -> Any:
     """Parse a YAML file (local or any filesystem TensorFlow reads) into Python values."""
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: the command line checks flags and configs before TensorFlow starts
 
     try:
         with tf.io.gfile.GFile(path, "r") as handle:
@@ -228,7 +230,7 @@ def apply_overrides(config: ml_collections.ConfigDict, items: Sequence[str]) -> 
                 raise UserError(f"bad hparams override {part!r}; write section.key=value")
             set_value(config, key, parse_override_value(text), f"--hparams {part}")
         elif part.endswith((".yaml", ".yml")) or os.path.exists(part):
-            import tensorflow as tf
+            import tensorflow as tf  # heavy: as in _read_yaml
 
             if not tf.io.gfile.exists(part):
                 raise UserError(f"hparams file {part} does not exist")
@@ -255,13 +257,6 @@ def dataset_file(dataset: str) -> str | None:
         if os.path.exists(path):
             return path
     return None
-
-
-def variant_layer(model_name: str) -> dict[str, Any]:
-    """The per-variant training overrides for a model name, from the variant table (canonical names)."""
-    from efficientnet_tf.scaling import get_variant
-
-    return get_variant(model_name).config_layer()
 
 
 def read_layer(path: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -306,14 +301,12 @@ def build_config(
     apply_overrides(probe, overrides)
     for key, value in flag_values.items():
         set_value(probe, key, value, f"flag for {key}")
-    from efficientnet_tf.scaling import canonical_name
-
     model_name, dataset = canonical_name(probe.model.name), probe.data.dataset
 
     config = default_config()
     variant = variant_layer(model_name)
     if variant:
-        merge(config, variant, f"variant table [{model_name}]")
+        merge(config, variant, f"hparams/variants.py [{model_name}]")
     path = dataset_file(dataset)
     if path:
         merge(config, read_layer(path), os.path.relpath(path, os.path.dirname(CONFIG_DIR)))
@@ -350,7 +343,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
     `efficientnet_tf.rundir.RunDir.read_config` is how a run's config is read; this is its parser.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # heavy: as in _read_yaml
 
     if not tf.io.gfile.exists(path):
         raise UserError(f"config file {path} does not exist")
@@ -370,8 +363,6 @@ def differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> d
 
 def resolve(config: ml_collections.ConfigDict, *, num_classes: int, num_train: int) -> ml_collections.ConfigDict:
     """Fill the derived (null) values from the variant table and the dataset; returns a copy."""
-    from efficientnet_tf import get_variant
-
     resolved = ml_collections.ConfigDict(config.to_dict())
     resolved.lock()
     variant = get_variant(resolved.model.name)
@@ -381,8 +372,6 @@ def resolve(config: ml_collections.ConfigDict, *, num_classes: int, num_train: i
     if model.dropout_rate is None:
         model.dropout_rate = float(variant.dropout_rate)
     if model.drop_connect_rate is None:
-        from efficientnet_tf.scaling import DEFAULT_DROP_CONNECT_RATE
-
         model.drop_connect_rate = DEFAULT_DROP_CONNECT_RATE
     if data.resize_method is None:
         data.resize_method = variant.resize_method

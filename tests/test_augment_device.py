@@ -31,6 +31,7 @@ if __name__ != "__main__":
     from efficientnet_tf import app, hparams, training
     from efficientnet_tf.data import augment as A
     from efficientnet_tf.data import augment_device as D
+    from efficientnet_tf.data import mixing_device as M
     from efficientnet_tf.data import build_train_dataset, synthetic_dataset_fn
     from efficientnet_tf.data._random import RandomStream
     from efficientnet_tf.data.sources import embedded_root
@@ -342,7 +343,7 @@ def test_policies_round_the_pipelines_float_images_first():
 
 def test_beta_sampler_matches_the_host_distribution():
     for alpha in (0.2, 1.0):
-        device = D.sample_beta(alpha, 20000, seed=tf.constant([3, 4])).numpy()
+        device = M.sample_beta(alpha, 20000, seed=tf.constant([3, 4])).numpy()
         host = RandomStream(tf.constant([5, 6])).beta(alpha, [20000]).numpy()
         assert device.min() >= 0 and device.max() <= 1
         assert abs(device.mean() - 0.5) < 0.01
@@ -354,7 +355,7 @@ def test_beta_sampler_matches_the_host_distribution():
 
 def test_mixup_mixes_each_image_with_its_mirror(photos):
     labels = tf.one_hot([0, 1, 2, 3], 4)
-    images, mixed = D.mix_batch(_f(photos), labels, mixup_alpha=0.4, seed=tf.constant([1, 1]))
+    images, mixed = M.mix_batch(_f(photos), labels, mixup_alpha=0.4, seed=tf.constant([1, 1]))
     mixed = mixed.numpy()
     np.testing.assert_allclose(mixed.sum(1), 1.0, rtol=1e-6)
     weight = mixed[np.arange(4), np.arange(4)]
@@ -364,7 +365,7 @@ def test_mixup_mixes_each_image_with_its_mirror(photos):
 
 def test_cutmix_pastes_a_box_and_weighs_labels_by_area(photos):
     labels = tf.one_hot([0, 1, 2, 3], 4)
-    images, mixed = D.mix_batch(_f(photos), labels, cutmix_alpha=1.0, seed=tf.constant([2, 2]))
+    images, mixed = M.mix_batch(_f(photos), labels, cutmix_alpha=1.0, seed=tf.constant([2, 2]))
     images, mixed = images.numpy(), mixed.numpy()
     for i in range(4):
         own = np.all(images[i] == photos[i], axis=-1)
@@ -377,7 +378,7 @@ def test_mix_batch_picks_mixup_or_cutmix_per_batch(photos):
     labels = tf.one_hot([0, 1, 2, 3], 4)
     kinds = set()
     for s in range(8):
-        images, _ = D.mix_batch(_f(photos), labels, 0.4, 1.0, seed=tf.constant([s, 0]))
+        images, _ = M.mix_batch(_f(photos), labels, 0.4, 1.0, seed=tf.constant([s, 0]))
         exact = np.all(images.numpy() == photos, axis=-1) | np.all(images.numpy() == photos[::-1], axis=-1)
         kinds.add("cutmix" if exact.all() else "mixup")
     assert kinds == {"mixup", "cutmix"}

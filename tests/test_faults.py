@@ -153,6 +153,7 @@ def uninterrupted(tmp_path: pathlib.Path, total: int) -> dict[str, np.ndarray]:
     return weights(str(model_dir / "checkpoints" / f"ckpt-{total}"))
 
 
+@pytest.mark.slow  # the fast tier keeps the other resume checks; test_sigterm_at_ten_random_steps covers ten steps
 def test_sigterm_saves_the_step_reached_and_the_rerun_ends_identical(tmp_path: pathlib.Path) -> None:
     total = 30
     sigterm_and_resume(tmp_path, total, random.Random().randint(4, total - 8), uninterrupted(tmp_path, total))

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 import efficientnet_tf as et
-from efficientnet_tf.layers import BN_EPSILON, BN_MOMENTUM, FusedBatchNormalization
-from efficientnet_tf.weights import load_pretrained
+from efficientnet_tf.models.layers import BN_EPSILON, BN_MOMENTUM, FusedBatchNormalization
+from efficientnet_tf.models.weights import load_pretrained
 
 CHANNELS = 5
 

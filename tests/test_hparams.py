@@ -194,7 +194,7 @@ def test_model_name_spellings_resolve_to_the_same_config(spelling: str) -> None:
 
 
 def test_variant_layer_comes_from_the_variant_table() -> None:
-    from efficientnet_tf import scaling
+    from efficientnet_tf.models import scaling
 
     assert hparams.variant_layer("efficientnet-b7") == {"data": {"randaug_magnitude": 28}}
     assert hparams.variant_layer("efficientnet-b0") == {}

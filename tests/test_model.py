@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import efficientnet_tf as et
-from efficientnet_tf import counting, scaling
-from efficientnet_tf.layers import DropConnect
-from efficientnet_tf.weights import load_pretrained
+from efficientnet_tf.models import counting, scaling
+from efficientnet_tf.models.layers import DropConnect
+from efficientnet_tf.models.weights import load_pretrained
 
 # keras.applications' published totals (1000 classes, incl. batch-norm statistics), RECIPE.md section 3.
 KERAS_PARAMS = {

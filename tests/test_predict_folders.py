@@ -167,7 +167,7 @@ class _FixedPredictor(_Interrupting):
 def test_onnx_paths_go_to_onnx_runtime(monkeypatch, tmp_path):
     model = tmp_path / "model.onnx"
     model.write_bytes(b"not really onnx")
-    monkeypatch.setitem(sys.modules, "efficientnet_tf.export.onnx", None)  # as if the module were not installed
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if ONNX Runtime were not installed
     with pytest.raises(UserError, match=r"onnx\]") as excinfo:
         predictions.load_predictor(str(model))
     assert "\n" not in str(excinfo.value)

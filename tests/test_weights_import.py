@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import efficientnet_tf as et
-from efficientnet_tf.weights import load_pretrained
+from efficientnet_tf.models.weights import load_pretrained
 
 import weights_helpers
 

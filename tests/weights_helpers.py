@@ -1,9 +1,16 @@
-"""Helpers shared by the weight-import tests: random non-trivial weights and random 0-255 images."""
+"""Helpers shared by the weight-import tests: random non-trivial weights, random 0-255 images and
+reference-style (tensorflow/tpu) checkpoint tarballs."""
 
 from __future__ import annotations
 
+import pathlib
+import tarfile
+
 import keras
 import numpy as np
+import tensorflow as tf
+
+import reference_names
 
 
 def randomize(model: keras.Model, seed: int) -> None:
@@ -20,3 +27,25 @@ def randomize(model: keras.Model, seed: int) -> None:
 def images(size: int = 32, n: int = 2) -> np.ndarray:
     """n random float32 RGB images in 0..255."""
     return np.random.default_rng(1).uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+def reference_tarball(model: keras.Model, scope: str, dest: pathlib.Path, depth_coefficient: float) -> None:
+    """Write `model` as a tensorflow/tpu-style tarball at `dest`: <scope>/model.ckpt.{index,data} and a
+    `checkpoint` file. Variable names come from the reference's block table (tests/reference_names.py),
+    not from the loader's own mapping; raw values are off by one and their /ExponentialMovingAverage
+    shadows hold the model's values, as the reference saves them."""
+    variables = {}
+    for layer_name, path, names in reference_names.reference_layers(scope, depth_coefficient):
+        values = model.get_layer(layer_name).weights
+        assert len(values) == len(names), layer_name
+        for var, value in zip(names, values):
+            variables[f"{scope}/{path}/{var}"] = np.asarray(value) + 1.0
+            variables[f"{scope}/{path}/{var}/ExponentialMovingAverage"] = np.asarray(value)
+    folder = dest.parent / scope
+    folder.mkdir(parents=True)
+    names = sorted(variables)
+    tf.raw_ops.SaveV2(prefix=str(folder / "model.ckpt"), tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.constant(variables[n]) for n in names])
+    (folder / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n')
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(folder, arcname=scope)

@@ -35,7 +35,7 @@ class TFDSSource(Source):
         self._split_names = split_names
 
     def records(self, split, input_context=None, *, shuffle_files=False, seed=None):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # heavy (seconds to import): only tfds: datasets load it
 
         count, index = num_pipelines(input_context)
         split_name = self._split_names[split]
@@ -98,7 +98,7 @@ def tfds_source(
         raise UserError(
             f"TFDS dataset {full_name} is not prepared under {data_dir}; {_prepare_hint(full_name, data_dir)}"
         )
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy (seconds to import): only tfds: datasets load it
 
     try:
         builder = tfds.builder(full_name, data_dir=data_dir, try_gcs=False)
@@ -168,7 +168,7 @@ def tfds_source(
 
 def _tfds_keys(info, full_name: str) -> tuple[str, str]:
     """Names of the image and class-label features of a TFDS dataset."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy (seconds to import): only tfds: datasets load it
 
     features = info.features
     keys = tuple(info.supervised_keys or ())

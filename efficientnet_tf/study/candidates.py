@@ -5,26 +5,11 @@ multiply-adds, parameters and activations counted (cached per distinct network),
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Sequence
 
-import keras
-from keras import layers
-
-from efficientnet_tf import scaling
-from efficientnet_tf.counting import count_madds
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.model import build_model
+from efficientnet_tf.models import counting
 from efficientnet_tf.study.scaling_rules import FLOPS_TOLERANCE, Baseline, ScalingRule
-
-
-@dataclasses.dataclass(frozen=True)
-class NetworkCounts:
-    """Sizes of one built network, per image."""
-
-    madds: int
-    params: int  # incl. batch-norm statistics, as keras counts them
-    activations: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,54 +38,9 @@ class Candidate:
         return self.measured_madds_ratio / self.predicted_madds_ratio - 1
 
 
-def count_activations(model: keras.Model) -> int:
-    """Conv output elements per image: H·W·C summed over every Conv2D and DepthwiseConv2D (RegNet's definition)."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
-            dims = tuple(layer.output.shape[1:])
-            if any(dim is None for dim in dims):
-                raise UserError(f"layer {layer.name!r} has an unknown output size {dims}; build the model "
-                                "with a fixed input size to count activations")
-            total += math.prod(dims)
-    return int(total)
-
-
-_COUNTS: dict[tuple, NetworkCounts] = {}
-
-
-def clear_count_cache() -> None:
-    """Forget every counted network (the next request builds again)."""
-    _COUNTS.clear()
-
-
-def count_cache_size() -> int:
-    """How many distinct networks have been built and counted."""
-    return len(_COUNTS)
-
-
-def _network_key(baseline: Baseline, width: float, depth: float, resolution: int, num_classes: int) -> tuple:
-    # Coefficients that round to the same channels and block counts build the same network.
-    variant = scaling.get_variant(baseline.model_name)
-    blocks = scaling.scaled_blocks(variant, width=width, depth=depth, baseline=baseline.blocks)
-    shape = tuple((b.kernel_size, b.filters_in, b.filters_out, b.expand_ratio, b.strides) for b in blocks)
-    return (baseline.model_name, resolution, num_classes, scaling.stem_filters(variant, width),
-            scaling.head_filters(variant, width), shape)
-
-
-def count_network(baseline: Baseline, width: float, depth: float, resolution: int, num_classes: int) -> NetworkCounts:
-    """Build the baseline's stages at (width, depth, resolution), count it and clear the Keras session (cached)."""
-    if num_classes < 1:
-        raise UserError(f"num_classes must be >= 1, got {num_classes}")
-    key = _network_key(baseline, width, depth, resolution, num_classes)
-    if key not in _COUNTS:
-        model = build_model(baseline.model_name, resolution=resolution, width_coefficient=width,
-                            depth_coefficient=depth, baseline_blocks=baseline.blocks, classes=num_classes,
-                            weights=None)
-        _COUNTS[key] = NetworkCounts(count_madds(model), int(model.count_params()), count_activations(model))
-        del model
-        keras.backend.clear_session()
-    return _COUNTS[key]
+def count_network(baseline: Baseline, width: float, depth: float, resolution: int, num_classes: int) -> counting.NetworkCounts:
+    """The baseline's stages built at (width, depth, resolution) and counted (cached in the model library)."""
+    return counting.count_network(baseline.model_name, width, depth, resolution, num_classes, baseline.blocks)
 
 
 def _flag(predicted: float, measured: float, tolerance: float) -> str | None:

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from efficientnet_tf import app, hparams, model_io, training
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.models.counting import NetworkCounts
 from efficientnet_tf.study import candidates, scaling_rules
 from efficientnet_tf.study.spec import CONTROLLED_KEYS, PAPER, PARTS, SEARCHED, SearchSpec, StudySpec, paper_rule
 from efficientnet_tf.study.util import format_duration, format_multiple, join_notes, write_text
@@ -108,7 +109,7 @@ class StudyPlan:
 
     spec: StudySpec
     arms: tuple[Arm, ...]
-    baseline_counts: candidates.NetworkCounts
+    baseline_counts: NetworkCounts
     num_classes: int
     num_train: int
     num_eval: int
@@ -291,7 +292,7 @@ def _calibrate(ctx: StudyContext, hardware: Any, cache: str | None) -> TimeModel
     return TimeModel(source, step, setup, counts.madds, counts.activations)
 
 
-def _base_counts(ctx: StudyContext) -> candidates.NetworkCounts:
+def _base_counts(ctx: StudyContext) -> NetworkCounts:
     """The baseline network's counts (built once, cached by candidates)."""
     b = ctx.spec.baseline
     return candidates.count_network(b, b.width, b.depth, b.resolution, ctx.num_classes)

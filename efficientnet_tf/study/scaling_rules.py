@@ -15,7 +15,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from efficientnet_tf import scaling
+from efficientnet_tf.models import scaling
 from efficientnet_tf.errors import UserError
 
 RULE_KINDS = ("compound", "depth", "width", "resolution", "width_share")

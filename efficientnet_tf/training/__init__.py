@@ -8,7 +8,7 @@
 Most callers go through `efficientnet_tf.app`, which prepares the config, data and run directory.
 """
 
-from efficientnet_tf.ema import ExponentialMovingAverage, averaged_variables
+from efficientnet_tf.models.ema import ExponentialMovingAverage, averaged_variables
 from efficientnet_tf.training.checkpoints import CheckpointKeeper
 from efficientnet_tf.training.evaluation import evaluate_checkpoints, evaluate_model, make_eval_batch_fn
 from efficientnet_tf.training.loop import CheckpointWriteError, NonFiniteLossError, Trainer, TrainResult

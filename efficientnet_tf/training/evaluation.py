@@ -14,6 +14,7 @@ from absl import logging
 
 from efficientnet_tf import model_io, results
 from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.gradcam import GradCam
 from efficientnet_tf.rundir import RunDir, step_of
 from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size
 from efficientnet_tf.training.summaries import Summaries
@@ -111,8 +112,6 @@ def write_eval_report(model: keras.Model, records: results.EvalRecords, model_di
     heatmaps = None
     try:
         if explain and records.top_losses():
-            from efficientnet_tf.gradcam import GradCam  # only --explain needs it
-
             examples = records.top_losses()
             images = np.stack([e.image for e in examples])
             heatmaps = list(GradCam(model).heatmaps(images, np.array([e.predicted for e in examples])))

@@ -24,17 +24,13 @@ With the defaults (0, -1, 0, true, false) nothing is frozen: ordinary training.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from typing import Any
 
 import keras
-from absl import logging
 
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.rundir import IMPORT_REPORT_FILE, RunDir
-from efficientnet_tf.weights import HEAD_LAYER, load_pretrained
 
 HEAD_LAYERS = ("avg_pool", "top_dropout", "predictions")
 
@@ -179,26 +175,3 @@ def apply_phase(model: keras.Model, schedule: FineTuneSchedule, unfrozen: int, p
             pass
     return Phase(unfrozen, tuple(u.name for u in units[:unfrozen]), _count(model.trainable_variables),
                  parameters, bool(schedule.train_batch_norm and unfrozen > 0))
-
-
-def import_initial_weights(model: keras.Model, init_weights: str, *, new_head: bool, keep_normalization: bool,
-                           run: RunDir, is_chief: bool) -> None:
-    """Load --init_weights into `model`, re-initialise the head when asked (finetune.new_head), and save the
-    import report in the run directory (chief only). `keep_normalization`: the run's config sets the input
-    normalisation (app.train sets it from a weights name)."""
-    head = None
-    if new_head:
-        head = [w.copy() for w in model.get_layer(HEAD_LAYER).get_weights()]
-    report = load_pretrained(model, init_weights, keep_normalization=keep_normalization)
-    if head is not None and HEAD_LAYER in report.loaded:
-        model.get_layer(HEAD_LAYER).set_weights(head)
-        report.loaded.remove(HEAD_LAYER)
-        report.skipped[HEAD_LAYER] = "re-initialised (finetune.new_head)"
-    text = report.format() if hasattr(report, "format") else (
-        f"{len(report.loaded)} layers loaded; not loaded: "
-        + (", ".join(f"{k} ({v})" for k, v in report.skipped.items()) or "none"))
-    logging.info("Initial weights from %s: %s", init_weights, text)
-    if is_chief:
-        data = report.to_dict() if hasattr(report, "to_dict") else dataclasses.asdict(report)
-        data = {"source": str(init_weights), **data}
-        run.write_text(IMPORT_REPORT_FILE, json.dumps(data, indent=2, default=str) + "\n")

@@ -18,9 +18,10 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf import model_io, results
-from efficientnet_tf.ema import ExponentialMovingAverage, averaged_variables, batch_norm_layers
+from efficientnet_tf.models.ema import ExponentialMovingAverage, averaged_variables, batch_norm_layers
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.hparams import flatten
+from efficientnet_tf.models.weights import import_weights
 from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.training import checkpoints, finetune, preemption, progressive, schedules, throughput
 from efficientnet_tf.training.evaluation import (DatasetFn, dataset_options, evaluate_model, make_eval_batch_fn,
@@ -117,9 +118,12 @@ class Trainer:
                 progressive.with_dropout_layer(config, self.progressive), any_size=self.progressive is not None)
             self.finetune = finetune.FineTuneSchedule.from_config(config, self.steps_per_epoch)
             if init_weights and resume_from is None:
-                finetune.import_initial_weights(
-                    self.model, init_weights, new_head=self.finetune.new_head, run=self.run,
-                    keep_normalization=config.model.get("normalization") is not None, is_chief=strategy_info.is_chief)
+                # keep_normalization: the run's config sets it (app.train does from a weights name).
+                report = import_weights(self.model, init_weights, new_head=self.finetune.new_head,
+                                        keep_normalization=config.model.get("normalization") is not None)
+                logging.info("Initial weights from %s:\n%s", init_weights, report.format())
+                if strategy_info.is_chief:
+                    self.run.write_import_report(init_weights, report.to_dict())
             self.schedule = schedules.build_schedule(train, self.steps_per_epoch, self.total_steps)
             self.optimizer = schedules.build_optimizer(train, self.schedule, loss_scaling=policy == "mixed_float16")
             # Built for every parameter, before any freezing: unfrozen layers then have their slots.

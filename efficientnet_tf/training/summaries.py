@@ -60,11 +60,12 @@ class Summaries:
         self.root = root
         noop = tf.summary.create_noop_writer()
         self.train_writer = self.eval_writer = noop
-        if enabled:
-            self.eval_writer = tf.summary.create_file_writer(os.path.join(root, "eval"))
-            if not eval_only:
-                self.train_writer = tf.summary.create_file_writer(os.path.join(root, "train"))
         self._profiling = False
+        if enabled:
+            with self._writing():  # a logs folder that cannot be created costs the logs, not the run
+                self.eval_writer = tf.summary.create_file_writer(os.path.join(root, "eval"))
+                if not eval_only:
+                    self.train_writer = tf.summary.create_file_writer(os.path.join(root, "train"))
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:

@@ -1,60 +1,21 @@
-"""EfficientNet model builder with the keras.applications API shape and layer names."""
+"""The EfficientNet builder: a functional Keras model with keras.applications' API shape and layer names,
+built from the variant table by compound scaling, optionally with published or saved weights loaded."""
 
 from __future__ import annotations
 
 import sys
 
 import keras
-import numpy as np
 from keras import layers
 
-from efficientnet_tf import scaling
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.layers import DenseKernelInitializer, conv_bn_act, mbconv_block
+from efficientnet_tf.models import scaling
+from efficientnet_tf.models.layers import DenseKernelInitializer, conv_bn_act, mbconv_block
+from efficientnet_tf.models.normalization import fix_normalization
+from efficientnet_tf.models.weights import published
+from efficientnet_tf.models.weights.load import load_pretrained
 
 ENDPOINT_NAMES = ("reduction_1", "reduction_2", "reduction_3", "reduction_4", "reduction_5")
-
-
-def _set_normalization(layer: layers.Normalization, mean, std) -> None:
-    """Fix a keras Normalization layer to (x/255 - mean/255) / (std/255), as float constants."""
-    layer.adapt_mean.assign([m / 255.0 for m in mean])
-    layer.adapt_variance.assign([(s / 255.0) ** 2 for s in std])
-    layer.finalize_state()
-
-
-def _normalization_layer(model: keras.Model) -> layers.Normalization:
-    try:
-        layer = model.get_layer("normalization")
-    except ValueError:
-        layer = next((x for x in model.layers if isinstance(x, layers.Normalization)), None)
-    if not isinstance(layer, layers.Normalization):
-        raise UserError(f"model {model.name} has no Normalization layer to set the input normalisation of")
-    return layer
-
-
-def set_normalization(model: keras.Model, name: str) -> None:
-    """Set the input normalisation inside `model` to a named one of `scaling.NORMALIZATIONS`.
-
-    The mean / variance are the Normalization layer's variables, so .keras files, checkpoints and
-    SavedModel exports made afterwards carry them. Compiled predict / train / eval functions are
-    dropped, since they hold the previous values as constants.
-    """
-    mean, std = scaling.normalization_values(name)
-    _set_normalization(_normalization_layer(model), mean, std)
-    for attr in ("predict_function", "train_function", "test_function"):
-        if getattr(model, attr, None) is not None:
-            setattr(model, attr, None)
-
-
-def normalization_of(model: keras.Model) -> str | None:
-    """The name of the input normalisation `model` holds now, or None when it is none of the named ones."""
-    layer = _normalization_layer(model)
-    mean = np.asarray(layer.adapt_mean).reshape(-1) * 255.0
-    std = np.sqrt(np.asarray(layer.adapt_variance).reshape(-1)) * 255.0
-    for name, (m, s) in scaling.NORMALIZATIONS.items():
-        if mean.shape == (len(m),) and np.allclose(mean, m, atol=1e-3) and np.allclose(std, s, atol=1e-3):
-            return name
-    return None
 
 
 def build_model(
@@ -78,9 +39,9 @@ def build_model(
 ) -> keras.Model:
     """Build an EfficientNet as a functional Keras model taking 0-255 RGB images.
 
-    `weights` is None (random init), a path understood by `efficientnet_tf.weights.load_pretrained`
+    `weights` is None (random init), a path understood by `efficientnet_tf.models.weights.load_pretrained`
     (.keras, keras.applications .h5, reference TF checkpoint, PyTorch state dict), or a weights name
-    of `efficientnet_tf.pretrained` ("imagenet", "advprop", "noisy-student", ...; downloaded once
+    of `efficientnet_tf.models.weights.published` ("imagenet", "advprop", "noisy-student", ...; downloaded once
     into a cache). `normalization` names the input normalisation in `scaling.NORMALIZATIONS`
     ("imagenet", "advprop" = [-1, 1], "lite"); None takes the named weights' one, else the
     variant's default. `width_coefficient` / `depth_coefficient` override the variant's (e.g. tiny
@@ -90,11 +51,9 @@ def build_model(
     variant = scaling.get_variant(model_name)
     weights_name = None
     if weights is not None and not isinstance(weights, keras.Model):
-        from efficientnet_tf import pretrained
-
-        if pretrained.is_weights_name(weights):
+        if published.is_weights_name(weights):
             weights_name = weights
-            wanted = pretrained.normalization_for(weights, model_name)  # also checks the name early
+            wanted = published.normalization_for(weights, model_name)  # also checks the name early
             if normalization is not None and scaling.normalization_name(normalization) != wanted:
                 raise UserError(
                     f"weights {weights!r} expect the {wanted!r} input normalization, not {normalization!r}; "
@@ -126,7 +85,7 @@ def build_model(
     x = layers.Rescaling(1.0 / 255.0, name="rescaling")(inputs)
     norm_layer = layers.Normalization(axis=-1, name="normalization")
     x = norm_layer(x)
-    _set_normalization(norm_layer, *scaling.normalization_values(normalization or variant.normalization))
+    fix_normalization(norm_layer, *scaling.normalization_values(normalization or variant.normalization))
 
     act = variant.activation
     x = conv_bn_act(x, scaling.stem_filters(variant, width), 3, 2, act, "stem_", "conv", "bn", "activation")
@@ -167,8 +126,6 @@ def build_model(
     _allow_graph_depth(len(blocks))
     model = keras.Model(inputs, x, name=name or variant.name.replace("-", "_"))
     if weights is not None:
-        from efficientnet_tf.weights import load_pretrained
-
         if weights_name is not None:
             load_pretrained(model, weights, variant=variant.name, include_top=include_top)
         else:

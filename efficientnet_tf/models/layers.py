@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 BN_MOMENTUM = 0.99
@@ -109,8 +110,6 @@ class FusedBatchNormalization(layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
-        import tensorflow as tf
-
         gamma = ops.convert_to_tensor(self.gamma)
         beta = ops.convert_to_tensor(self.beta)
         if training and self.trainable:

@@ -78,8 +78,6 @@ class Variant:
     lite: bool = False
     paper_params_m: float | None = None  # published parameters, millions
     paper_madds_b: float | None = None  # published multiply-adds, billions
-    # Training settings that differ per variant (the per-variant config layer), as (dotted key, value).
-    train_overrides: tuple[tuple[str, object], ...] = ()
 
     @property
     def resize_method(self) -> str:
@@ -106,37 +104,28 @@ class Variant:
         """Per-channel mean and std of the default input normalisation, on the 0-255 scale."""
         return NORMALIZATIONS[self.normalization]
 
-    def config_layer(self) -> dict[str, dict[str, object]]:
-        """The per-variant training overrides as a nested config layer ({} when there are none)."""
-        layer: dict[str, dict[str, object]] = {}
-        for key, value in self.train_overrides:
-            section, _, name = key.partition(".")
-            layer.setdefault(section, {})[name] = value
-        return layer
 
-
-# The one variant table. (width, depth, resolution, dropout) from the reference implementation
-# (RECIPE.md section 1); published params / MAdds from the paper's Table 2 (B0-B7) and the
-# EfficientNet-Lite table (lite0-4), none for B8 and L2; RandAugment magnitudes for the larger
-# models as the RandAugment paper recommends (used when data.augment is randaugment).
-_B = "data.randaug_magnitude"
+# The one variant table (architecture facts). (width, depth, resolution, dropout) from the reference
+# implementation (RECIPE.md section 1); published params / MAdds from the paper's Table 2 (B0-B7) and
+# the EfficientNet-Lite table (lite0-4), none for B8 and L2. Training settings that differ per variant
+# live with the configuration (efficientnet_tf.hparams.variants).
 _TABLE: tuple[tuple, ...] = (
-    # name, width, depth, res, dropout, lite, params M, MAdds B, training overrides
-    ("efficientnet-b0", 1.0, 1.0, 224, 0.2, False, 5.3, 0.39, ()),
-    ("efficientnet-b1", 1.0, 1.1, 240, 0.2, False, 7.8, 0.70, ()),
-    ("efficientnet-b2", 1.1, 1.2, 260, 0.3, False, 9.2, 1.0, ()),
-    ("efficientnet-b3", 1.2, 1.4, 300, 0.3, False, 12.0, 1.8, ()),
-    ("efficientnet-b4", 1.4, 1.8, 380, 0.4, False, 19.0, 4.2, ()),
-    ("efficientnet-b5", 1.6, 2.2, 456, 0.4, False, 30.0, 9.9, ((_B, 17),)),
-    ("efficientnet-b6", 1.8, 2.6, 528, 0.5, False, 43.0, 19.0, ()),
-    ("efficientnet-b7", 2.0, 3.1, 600, 0.5, False, 66.0, 37.0, ((_B, 28),)),
-    ("efficientnet-b8", 2.2, 3.6, 672, 0.5, False, None, None, ()),
-    ("efficientnet-l2", 4.3, 5.3, 800, 0.5, False, None, None, ()),
-    ("efficientnet-lite0", 1.0, 1.0, 224, 0.2, True, 4.7, 0.407, ()),
-    ("efficientnet-lite1", 1.0, 1.1, 240, 0.2, True, 5.4, 0.631, ()),
-    ("efficientnet-lite2", 1.1, 1.2, 260, 0.3, True, 6.1, 0.899, ()),
-    ("efficientnet-lite3", 1.2, 1.4, 280, 0.3, True, 8.2, 1.44, ()),
-    ("efficientnet-lite4", 1.4, 1.8, 300, 0.3, True, 13.0, 2.64, ()),
+    # name, width, depth, res, dropout, lite, params M, MAdds B
+    ("efficientnet-b0", 1.0, 1.0, 224, 0.2, False, 5.3, 0.39),
+    ("efficientnet-b1", 1.0, 1.1, 240, 0.2, False, 7.8, 0.70),
+    ("efficientnet-b2", 1.1, 1.2, 260, 0.3, False, 9.2, 1.0),
+    ("efficientnet-b3", 1.2, 1.4, 300, 0.3, False, 12.0, 1.8),
+    ("efficientnet-b4", 1.4, 1.8, 380, 0.4, False, 19.0, 4.2),
+    ("efficientnet-b5", 1.6, 2.2, 456, 0.4, False, 30.0, 9.9),
+    ("efficientnet-b6", 1.8, 2.6, 528, 0.5, False, 43.0, 19.0),
+    ("efficientnet-b7", 2.0, 3.1, 600, 0.5, False, 66.0, 37.0),
+    ("efficientnet-b8", 2.2, 3.6, 672, 0.5, False, None, None),
+    ("efficientnet-l2", 4.3, 5.3, 800, 0.5, False, None, None),
+    ("efficientnet-lite0", 1.0, 1.0, 224, 0.2, True, 4.7, 0.407),
+    ("efficientnet-lite1", 1.0, 1.1, 240, 0.2, True, 5.4, 0.631),
+    ("efficientnet-lite2", 1.1, 1.2, 260, 0.3, True, 6.1, 0.899),
+    ("efficientnet-lite3", 1.2, 1.4, 280, 0.3, True, 8.2, 1.44),
+    ("efficientnet-lite4", 1.4, 1.8, 300, 0.3, True, 13.0, 2.64),
 )
 VARIANTS: dict[str, Variant] = {row[0]: Variant(*row) for row in _TABLE}
 VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)

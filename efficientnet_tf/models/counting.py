@@ -1,14 +1,18 @@
-"""Parameter and multiply-add counts per variant, and the `--mode=summary` table."""
+"""Sizes of built networks: parameters, multiply-adds and activations per variant, the `--mode=summary`
+table, and counted networks (built once per distinct shape, cached) for the scaling study."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import keras
 import numpy as np
 from keras import layers
 
-from efficientnet_tf import scaling
+from efficientnet_tf.errors import UserError
+from efficientnet_tf.models import scaling
+from efficientnet_tf.models.builder import build_model
 
 @dataclasses.dataclass(frozen=True)
 class Counts:
@@ -45,8 +49,6 @@ def count_params(model: keras.Model) -> Counts:
 
 def variant_counts(model_name: str, resolution: int | None = None, classes: int = 1000) -> Counts:
     """Counts of a named variant at its own (or the given) resolution."""
-    from efficientnet_tf.model import build_model
-
     model = build_model(model_name, resolution=resolution, classes=classes, weights=None)
     counts = count_params(model)
     keras.backend.clear_session()
@@ -81,3 +83,64 @@ def summary_table(model_names: tuple[str, ...] | None = None) -> str:
     rows.append("params include batch-norm statistics (as keras.applications counts); MAdds: conv, depthwise, "
                 "SE and dense multiply-adds at the listed resolution, 1000 classes")
     return "\n".join(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkCounts:
+    """Sizes of one built network, per image."""
+
+    madds: int
+    params: int  # incl. batch-norm statistics, as keras counts them
+    activations: int
+
+
+def count_activations(model: keras.Model) -> int:
+    """Conv output elements per image: H·W·C summed over every Conv2D and DepthwiseConv2D (RegNet's definition)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
+            dims = tuple(layer.output.shape[1:])
+            if any(dim is None for dim in dims):
+                raise UserError(f"layer {layer.name!r} has an unknown output size {dims}; build the model "
+                                "with a fixed input size to count activations")
+            total += math.prod(dims)
+    return int(total)
+
+
+_COUNTS: dict[tuple, NetworkCounts] = {}
+
+
+def clear_count_cache() -> None:
+    """Forget every counted network (the next request builds again)."""
+    _COUNTS.clear()
+
+
+def count_cache_size() -> int:
+    """How many distinct networks have been built and counted."""
+    return len(_COUNTS)
+
+
+def _network_key(model_name: str, width: float, depth: float, resolution: int, num_classes: int,
+                 baseline_blocks: tuple[scaling.BlockSpec, ...]) -> tuple:
+    # Coefficients that round to the same channels and block counts build the same network.
+    variant = scaling.get_variant(model_name)
+    blocks = scaling.scaled_blocks(variant, width=width, depth=depth, baseline=baseline_blocks)
+    shape = tuple((b.kernel_size, b.filters_in, b.filters_out, b.expand_ratio, b.strides) for b in blocks)
+    return (model_name, resolution, num_classes, scaling.stem_filters(variant, width),
+            scaling.head_filters(variant, width), shape)
+
+
+def count_network(model_name: str, width: float, depth: float, resolution: int, num_classes: int,
+                  baseline_blocks: tuple[scaling.BlockSpec, ...] = scaling.BASELINE_BLOCKS) -> NetworkCounts:
+    """Build `model_name`'s fixed settings over `baseline_blocks` at (width, depth, resolution), count it and
+    clear the Keras session; networks that round to the same shape are built once."""
+    if num_classes < 1:
+        raise UserError(f"num_classes must be >= 1, got {num_classes}")
+    key = _network_key(model_name, width, depth, resolution, num_classes, baseline_blocks)
+    if key not in _COUNTS:
+        model = build_model(model_name, resolution=resolution, width_coefficient=width, depth_coefficient=depth,
+                            baseline_blocks=baseline_blocks, classes=num_classes, weights=None)
+        _COUNTS[key] = NetworkCounts(count_madds(model), int(model.count_params()), count_activations(model))
+        del model
+        keras.backend.clear_session()
+    return _COUNTS[key]
