@@ -106,7 +106,8 @@ def test_mixed_float16_scales_the_loss_and_skips_an_overflowing_step(tmp_path: p
         assert max(float(np.abs(a - b).max()) for a, b in zip(before, after)) > 0
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", pytest.param("mixed_bfloat16", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a run, eval and export per policy; the loss-scaling test below stays fast
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_checkpoint_evaluates_and_exports_in_float32(tmp_path: pathlib.Path, policy: str) -> None:
     """Trains in mixed precision and evaluates; the checkpoint then restores into the float32 model that export
     builds and evaluates in float32 with the same top-1 (within float16 tolerance). The mixed_float16 run is

@@ -471,6 +471,7 @@ def _train_tiny(model_dir: str, on_device: bool, image_summary: bool = False) ->
     return [np.array(v.numpy()) for v in trainer.model.trainable_variables]
 
 
+@pytest.mark.slow  # two short training runs; tests/test_runtime_promises.py resumes one exactly (slow)
 def test_train_step_augments_on_the_device_reproducibly(tmp_path):
     first = _train_tiny(str(tmp_path / "a"), True, image_summary=True)
     again = _train_tiny(str(tmp_path / "b"), True)
