@@ -5,24 +5,20 @@ scalars of every step on disk, the stopped step included.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 
-from efficientnet_tf import hparams, training
 from efficientnet_tf.errors import EXIT_PREEMPTED
-from efficientnet_tf.training import preemption
 from efficientnet_tf.rundir import checkpoint_problem
 
 from test_faults import REPO, TINY, Trainer, command, env, error_lines, preempted_step, step_of_checkpoint
+from test_runtime_promises import scalar_steps
 
 EXIT_DIVERGED = 3
 
@@ -51,17 +47,7 @@ def test_a_nan_loss_exits_with_status_3_and_keeps_the_last_good_checkpoint(tmp_p
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")) == last_good
 
 
-def _scalar_steps(logdir: pathlib.Path, tag: str) -> list[int]:
-    steps = []
-    for directory in {p.parent for p in logdir.rglob("events.out.tfevents.*")}:
-        accumulator = event_accumulator.EventAccumulator(str(directory), size_guidance={"tensors": 0, "scalars": 0})
-        accumulator.Reload()
-        if tag in accumulator.Tags()["tensors"]:
-            steps += [e.step for e in accumulator.Tensors(tag)]
-    return sorted(steps)
-
-
-@pytest.mark.slow  # the command line version of the in-process check below
+@pytest.mark.slow  # the command line version of the in-process check in tests/test_runtime_promises.py
 def test_sigterm_flushes_tensorboard_up_to_the_stopped_step(tmp_path: pathlib.Path) -> None:
     model_dir = tmp_path / "run"
     # A log line (and scalars) every step; bit-exact determinism is not needed here.
@@ -71,39 +57,6 @@ def test_sigterm_flushes_tensorboard_up_to_the_stopped_step(tmp_path: pathlib.Pa
     code, log = trainer.finish()
     assert code == EXIT_PREEMPTED, log[-3000:]
     step, _ = preempted_step(log)
-    steps = _scalar_steps(model_dir / "logs", "loss")
+    steps = scalar_steps(model_dir / "logs", "loss")
     # Every step's training scalars, the stopped step's included, are on disk when the process has exited.
     assert steps == list(range(1, step + 1)), (steps, step)
-
-
-def test_a_stop_request_flushes_tensorboard_before_train_returns(tmp_path: pathlib.Path) -> None:
-    """In-process, so that nothing flushes at interpreter exit: the input pipeline sends this process a
-    SIGTERM mid-run; when `train` has raised Preempted, the scalars of every step are already on disk."""
-    config = hparams.resolve(hparams.build_config([
-        TINY, "train.batch_size=4,train.train_steps=60,train.steps_per_epoch=60,train.log_every_steps=1",
-        "train.checkpoint_every_steps=1000,train.image_summary=false"]), num_classes=3, num_train=240)
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
-    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
-
-    def batches():
-        for index in range(10**6):
-            if index == 12:
-                os.kill(os.getpid(), signal.SIGTERM)  # handled by the trainer's handler, in the main thread
-            yield images, labels
-
-    def dataset_fn(_context):
-        return tf.data.Dataset.from_generator(batches, output_signature=(
-            tf.TensorSpec((4, 32, 32, 3), tf.float32), tf.TensorSpec((4, 3), tf.float32)))
-
-    trainer = training.Trainer(config, training.create_strategy("default"), str(tmp_path / "run"),
-                               train_dataset_fn=dataset_fn)
-    preemption.reset()
-    try:
-        with pytest.raises(preemption.Preempted) as stopped:
-            trainer.train()
-    finally:
-        preemption.reset()
-    step = stopped.value.step
-    assert 2 <= step < 60 and stopped.value.reason == "SIGTERM"
-    assert _scalar_steps(tmp_path / "run" / "logs", "loss") == list(range(1, step + 1))

@@ -33,7 +33,7 @@ TB_WARNING = "cannot be written"
 CREATE_FILE_WRITER = tf.summary.create_file_writer
 
 
-def _scalar_steps(logdir: pathlib.Path, tag: str) -> list[int]:
+def scalar_steps(logdir: pathlib.Path, tag: str) -> list[int]:
     steps = []
     for directory in {p.parent for p in logdir.rglob("events.out.tfevents.*")}:
         accumulator = event_accumulator.EventAccumulator(str(directory), size_guidance={"tensors": 0, "scalars": 0})
@@ -144,7 +144,7 @@ def test_tensorboard_writes_failing_mid_run_cost_only_the_logs(tmp_path: pathlib
     assert "training goes on without them" in warnings[0]
     final = model_dir / "checkpoints" / f"ckpt-{total}"
     assert checkpoint_problem(str(final)) is None and step_of_checkpoint(str(final)) == total
-    logged = _scalar_steps(model_dir / "logs", "loss")
+    logged = scalar_steps(model_dir / "logs", "loss")
     assert logged and max(logged) < total  # what the failed writes lost: the logs after the failure
 
 
@@ -345,5 +345,5 @@ def test_a_stop_request_writes_out_buffered_tensorboard_events_and_the_profile(t
         preemption.reset()
     step = stopped.value.step
     assert 2 <= step < 60 and stopped.value.reason == "SIGTERM"
-    assert _scalar_steps(tmp_path / "run" / "logs", "loss") == list(range(1, step + 1))
+    assert scalar_steps(tmp_path / "run" / "logs", "loss") == list(range(1, step + 1))
     assert list((tmp_path / "run" / "logs" / "train" / "plugins" / "profile").glob("*/*.xplane.pb"))
