@@ -199,7 +199,7 @@ class RunDir:
         return path
 
     def write_import_report(self, source: str, report: dict[str, Any]) -> str:
-        """Write import_report.json: the --init_weights source and the import report's fields."""
+        """Write import_report.json: the --init_weights value as given (`source`) and the import report's fields."""
         return self.write_text(IMPORT_REPORT_FILE, json.dumps({"source": str(source), **report}, indent=2,
                                                                default=str) + "\n")
 

@@ -129,7 +129,7 @@ def test_advprop_run_records_normalization_and_the_run_predicts_with_it(advprop_
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     assert recorded["model"]["normalization"] == "advprop"
     report = json.loads((run / "import_report.json").read_text())
-    assert report["normalization"] == "advprop"
+    assert report["normalization"] == "advprop" and report["source"] == "advprop"  # --init_weights as given
     assert report["source_url"] == f"{advprop_mirror.as_uri()}/{fetch.relative_path(ADVPROP.file.url)}"
     pixels = _pixels()
     want = _advprop_reference(run, pixels)

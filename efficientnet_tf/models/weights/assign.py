@@ -24,7 +24,7 @@ def _is_normalization(name: str) -> bool:
 
 def assign_layers(model: keras.Model, source: dict[str, list[np.ndarray]], origin: str) -> ImportReport:
     """Copy per-layer weight lists into `model` by layer name; the head is skipped on mismatch."""
-    report = ImportReport(source=origin)
+    report = ImportReport(path=origin)
     norm_sources = [k for k in source if _is_normalization(k)]
     missing = []
     for layer in model.layers:

@@ -10,7 +10,7 @@ from typing import Any
 class ImportReport:
     """What an import did: layers loaded, and layers left as they were with the reason.
 
-    Every import fills `source` (what was read) and `kind` ("keras model", "keras file", "keras h5",
+    Every import fills `path` (the file, checkpoint or model read) and `kind` ("keras model", "keras file", "keras h5",
     "reference checkpoint", "torch"). Weights loaded by name add `weights_name` (canonical), `source_url`
     (official or mirror URL, or the installed package), `cache_path` (the local file or checkpoint prefix
     read), `hash_status` (verified with which hash, or unverified with the sha256 computed) and
@@ -20,7 +20,7 @@ class ImportReport:
 
     loaded: list[str] = dataclasses.field(default_factory=list)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
-    source: str = ""
+    path: str = ""
     kind: str = ""
     weights_name: str = ""
     source_url: str = ""
@@ -43,11 +43,11 @@ class ImportReport:
         if self.weights_name:
             lines.append(f"{self.weights_name} weights from {self.source_url} ({self.cache_path}; {self.hash_status})")
         if self.naming:
-            lines.append(f"{self.source}: {self.naming} naming, {self.tensors} tensors ({self.values:,} values)")
+            lines.append(f"{self.path}: {self.naming} naming, {self.tensors} tensors ({self.values:,} values)")
             lines.append(f"tensors: {len(self.used)} used, {len(self.ignored)} ignored bookkeeping, "
                          f"{len(self.unused)} unused")
-        elif self.source and not self.weights_name:
-            lines.append(f"{self.source} ({self.kind})")
+        elif self.path and not self.weights_name:
+            lines.append(f"{self.path} ({self.kind})")
         lines.append(f"layers: {len(self.loaded)} loaded, {len(self.skipped)} skipped")
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
         lines += [f"  unused {name}: {why}" for name, why in list(self.unused.items())[:10]]

@@ -117,7 +117,7 @@ def load_torch_weights(
         names = list(tensors)
     naming = _detect_naming(names, path)
     padding, warnings = _padding(naming, path, tf_padding)
-    report = ImportReport(source=path, kind="torch", naming=naming, padding=padding, tensors=len(tensors),
+    report = ImportReport(path=path, kind="torch", naming=naming, padding=padding, tensors=len(tensors),
                                values=int(sum(v.size for v in tensors.values())), warnings=warnings)
     blocks = [m.group(1) for layer in model.layers if (m := re.fullmatch(r"(block\d+[a-z]+_)dwconv", layer.name))]
     layers = {layer.name: layer for layer in model.layers}
