@@ -143,7 +143,7 @@ def _start() -> Any:
     """Import TensorFlow quietly (its native start-up logs bypass Python logging); return the app layer."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with _quiet_native_stderr():
-        import tensorflow as tf
+        import tensorflow as tf  # heavy: only once the flags are checked, with its start-up logs silenced
 
         tf.config.list_physical_devices()
     # The application layer imports TensorFlow: it loads only now, after the flags were checked.

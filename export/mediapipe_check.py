@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version as package_version
 
 import numpy as np
 
@@ -35,8 +36,6 @@ def version() -> str | None:
     """mediapipe's version, or None when it is not installed."""
     if not available():
         return None
-    from importlib.metadata import version as package_version
-
     return package_version("mediapipe")
 
 

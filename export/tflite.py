@@ -95,7 +95,7 @@ class TFLiteModel:
     """A .tflite classifier run with the LiteRT interpreter, quantising int8/uint8 inputs and outputs."""
 
     def __init__(self, path: str | None = None, *, content: bytes | None = None, num_threads: int = LITERT_THREADS):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter  # LiteRT: only running a .tflite file needs it
 
         if content is None:
             if path is None or not tf.io.gfile.exists(path):

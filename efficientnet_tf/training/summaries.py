@@ -113,7 +113,7 @@ class Summaries:
         if not self.enabled:
             return
         with self._writing():
-            from tensorboard.plugins.hparams import api as hp
+            from tensorboard.plugins.hparams import api as hp  # heavy: loads TensorBoard's plugin protos
 
             flat = {key: _hparam_value(value) for key, value in config.items()}
             with self.train_writer.as_default(step=0):

@@ -246,7 +246,7 @@ def _state_dict_of(obj: Any, origin: str) -> dict[str, np.ndarray]:
 
 
 def _read_safetensors(data: bytes | None, path: str) -> dict[str, np.ndarray]:
-    import safetensors.numpy
+    import safetensors.numpy  # optional: only .safetensors files need it
 
     try:
         return dict(safetensors.numpy.load(data) if data is not None else safetensors.numpy.load_file(path))
