@@ -29,7 +29,6 @@ import warnings
 import json
 import os
 import sys
-import tarfile
 import tempfile
 import time
 
@@ -39,8 +38,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-ARCHIVE_NAME = "imagenette2-224sq-train.tar"
-TRAIN_SUBDIR = os.path.join("imagenette2-224sq", "train")
+import imagenette  # noqa: E402  (benchmarks/imagenette.py: the Imagenette archive and its extraction)
+
 ALL_FORMATS = ("keras", "saved_model", "tflite_float32", "tflite_int8", "onnx")
 ARTIFACTS = {"keras": "model.keras", "saved_model": "saved_model", "tflite_float32": "model_float32.tflite",
              "tflite_int8": "model_int8.tflite", "onnx": "model.onnx"}
@@ -48,18 +47,10 @@ ARTIFACTS = {"keras": "model.keras", "saved_model": "saved_model", "tflite_float
 
 def photo_folder(data: str, out: str) -> str:
     """The folder of photos: `data` itself, or the archive in it extracted once under `out`."""
-    archive = os.path.join(data, ARCHIVE_NAME)
+    archive = os.path.join(data, imagenette.ARCHIVE_NAME)
     if not os.path.isfile(archive):
         return data
-    root = os.path.join(out, "data", TRAIN_SUBDIR)
-    marker = os.path.join(out, "data", ".extracted")
-    if not os.path.exists(marker):
-        os.makedirs(os.path.dirname(marker), exist_ok=True)
-        print(f"Extracting {archive} ...", flush=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(os.path.join(out, "data"), filter="data")
-        open(marker, "w").close()
-    return root
+    return imagenette.extract(archive, os.path.join(out, "data"))
 
 
 def timed_rate(fn, count: int) -> tuple[float, float]:
@@ -72,7 +63,7 @@ def timed_rate(fn, count: int) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder of photos, or folder holding " + ARCHIVE_NAME)
+    parser.add_argument("--data", required=True, help="folder of photos, or folder holding " + imagenette.ARCHIVE_NAME)
     parser.add_argument("--model_dir", default=None, help="training run whose checkpoint is exported")
     parser.add_argument("--image_size", type=int, default=128, help="without --model_dir: the B0's resolution")
     parser.add_argument("--limit", type=int, default=1000, help="photos per measurement (0: all)")
