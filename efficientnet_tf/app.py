@@ -85,7 +85,11 @@ def run_config(
                                  ("dataset", dataset, config.data.dataset)):
         if given and given != trained:
             raise UserError(f"--{flag}={given} but {model_dir} was trained with {trained}; drop --{flag}")
+    derived = hparams.flatten(config)
     hparams.apply_overrides(config, overrides)
+    for key, value in hparams.flatten(config).items():
+        if value is None and derived.get(key) is not None:  # a null in a layer means "derive": the run did
+            hparams.set_value(config, key, derived[key], f"{model_dir}/config.yaml")
     if data_dir:
         config.data.data_dir = data_dir
     if eval_batch_size:

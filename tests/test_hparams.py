@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from efficientnet_tf import hparams
+from efficientnet_tf import app, hparams
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.rundir import RunDir
 
@@ -164,6 +164,19 @@ def test_save_and_load_round_trip(tmp_path: pathlib.Path) -> None:
         run.read_config()
     with pytest.raises(UserError, match="no config.yaml"):
         RunDir(str(tmp_path / "elsewhere")).read_config()
+
+
+def test_a_run_config_keeps_its_derived_values_under_a_recipe_with_nulls(tmp_path: pathlib.Path) -> None:
+    """`--mode=export --hparams=hparams/finetune.yaml`: the recipe's nulls mean "derive", and the run already
+    derived them; they must not turn its resolved values back into nulls. Explicit values still apply."""
+    recipe = str(pathlib.Path(hparams.DEFAULTS_FILE).parent / "finetune.yaml")
+    config = hparams.resolve(hparams.build_config([recipe]), num_classes=10, num_train=800)
+    assert config.model.image_size == 224  # null in the recipe, derived from the variant
+    RunDir(str(tmp_path)).write_config(config)
+    read = app.run_config(str(tmp_path), [recipe, "eval.batch_size=7"])
+    assert read.model.image_size == 224
+    assert read.eval.batch_size == 7 and hparams.differences(config, read) == {"eval.batch_size": (
+        config.eval.batch_size, 7)}
 
 
 def test_dataset_files_are_found_by_name_then_family() -> None:
