@@ -16,6 +16,8 @@ from efficientnet_tf.errors import UserError
 from efficientnet_tf.training import loop, schedules, strategy
 from efficientnet_tf.data import synthetic_dataset_fn
 from efficientnet_tf import model_io
+from efficientnet_tf.rundir import RunDir
+from efficientnet_tf.training.checkpoints import CheckpointKeeper
 
 
 def _reference_config(**train_overrides):
@@ -263,3 +265,25 @@ def test_short_run_model_options() -> None:
     for block in residual:
         assert not np.any(np.array(model.get_layer(block + "project_bn").gamma.value))
     assert np.all(np.array(model.get_layer("stem_bn").gamma.value) == 1.0)
+
+
+def test_best_checkpoint_follows_the_highest_top1_and_keeps_the_first_of_a_tie(tmp_path) -> None:
+    """Evals at steps 1..5 with top-1 0.25, 0.75, 0.5, 0.75, 0.625: the best is step 2 (the first 0.75), also as
+    `--checkpoint=best` resolves it; rolling checkpoints are the newest ones."""
+    step = tf.Variable(0, dtype=tf.int64)
+    best = tf.Variable(-1.0, dtype=tf.float32)
+    weight = tf.Variable(0.0)
+    keeper = CheckpointKeeper(tf.train.Checkpoint(step=step, best_top1=best, weight=weight), str(tmp_path),
+                              keep=2, step=step, best_top1=best)
+    saved = []
+    for index, top1 in enumerate([0.25, 0.75, 0.5, 0.75, 0.625], start=1):  # exact in float32
+        step.assign(index)
+        weight.assign(float(index))
+        keeper.save()
+        saved.append(keeper.maybe_save_best({"top1": top1}))
+    assert saved == [True, True, False, False, False]
+    run = RunDir(str(tmp_path))
+    assert run.checkpoint("best").endswith("ckpt-2") and run.checkpoint().endswith("ckpt-5")
+    restored = tf.Variable(0.0)
+    tf.train.Checkpoint(weight=restored).read(run.checkpoint("best")).expect_partial()
+    assert float(restored.numpy()) == 2.0 and keeper.best_top1 == 0.75
