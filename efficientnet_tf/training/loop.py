@@ -521,9 +521,9 @@ class Trainer:
                 timed_seconds += seconds
             # A new fine-tuning phase traces a new step function: its first call is not timed either.
             first_call = step < self.total_steps and not stopping and self._set_phase(step, summaries, progress)
-            if (self.progressive is not None and step < self.total_steps and not stopping
+            if (self.progressive is not None and step < self.total_steps
                     and self.progressive.stage_at(step) != self._stage):
-                # Before any checkpoint of this step: it must hold the new stage's input position.
+                # Before any checkpoint of this step, a stop's too: it must hold the new stage's input position.
                 self._enter_stage(self.progressive.stage_at(step), summaries, progress)
                 first_call = True
             train_metrics = window.metrics(self.global_batch, float(self.schedule(step - 1)))
