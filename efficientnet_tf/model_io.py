@@ -12,9 +12,10 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.models.ema import ExponentialMovingAverage, averaged_variables, batch_norm_layers
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.models.builder import build_model
+from efficientnet_tf.models.ema import ExponentialMovingAverage, averaged_variables, batch_norm_layers
+from efficientnet_tf.models.normalization import refresh_normalization
 from efficientnet_tf.rundir import RunDir
 
 
@@ -83,11 +84,7 @@ def restore_weights(model: keras.Model, path: str, *, use_ema: bool = True) -> i
         raise UserError(f"checkpoint {path} does not fit this model ({first_line(error)}); check the config") from None
     if ema is not None:
         ema.copy_to_model()
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Normalization):
-            # Its mean / variance are constants computed from the restored variables: recompute them,
-            # so that the checkpoint's input normalisation is the one applied, whatever the model was built with.
-            layer.finalize_state()
+    refresh_normalization(model)  # the checkpoint's input normalisation applies, whatever the model was built with
     logging.info("Loaded %s weights from %s (step %d)", "EMA" if ema is not None else "raw", path, int(step.numpy()))
     return int(step.numpy())
 

@@ -58,7 +58,8 @@ def variant_counts(model_name: str, resolution: int | None = None, classes: int 
 def summary_table(model_names: tuple[str, ...] | None = None) -> str:
     """A text table of every variant: resolution, width, depth, params and MAdds beside the paper's.
 
-    Paper figures come from the variant table (`scaling.VARIANTS`); B8 (AdvProp) has none. L2 (480M parameters at 800 px) is left out unless named.
+    Paper figures come from the variant table (`scaling.VARIANTS`); B8 (AdvProp) has none. L2 (480M parameters
+    at 800 px) is left out unless named.
     """
     names = model_names or tuple(n for n in scaling.VARIANT_NAMES if n != "efficientnet-l2")
     names = tuple(scaling.canonical_name(n) for n in names)

@@ -51,3 +51,11 @@ def normalization_of(model: keras.Model) -> str | None:
         if mean.shape == (len(m),) and np.allclose(mean, m, atol=1e-3) and np.allclose(std, s, atol=1e-3):
             return name
     return None
+
+
+def refresh_normalization(model: keras.Model) -> None:
+    """Recompute the constants Keras derives from each Normalization layer's mean / variance variables, after
+    those variables were assigned behind its back (a checkpoint restore)."""
+    for layer in model.layers:
+        if isinstance(layer, layers.Normalization):
+            layer.finalize_state()

@@ -22,9 +22,10 @@ def _is_normalization(name: str) -> bool:
     return re.fullmatch(r"normalization(_\d+)?", name) is not None
 
 
-def assign_layers(model: keras.Model, source: dict[str, list[np.ndarray]], origin: str) -> ImportReport:
+def assign_layers(model: keras.Model, source: dict[str, list[np.ndarray]], origin: str,
+                  kind: str = "") -> ImportReport:
     """Copy per-layer weight lists into `model` by layer name; the head is skipped on mismatch."""
-    report = ImportReport(path=origin)
+    report = ImportReport(path=origin, kind=kind)
     norm_sources = [k for k in source if _is_normalization(k)]
     missing = []
     for layer in model.layers:

@@ -21,12 +21,8 @@ from efficientnet_tf.models.weights.report import ImportReport
 from efficientnet_tf.models.weights.torch_names import load_torch_weights
 
 
-def _with_kind(report: ImportReport, kind: str) -> ImportReport:
-    report.kind = kind
-    return report
-
-
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".whl")
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
 def load_pretrained(
@@ -51,25 +47,19 @@ def load_pretrained(
     `keep_normalization`: then it stays as built, with a warning when it differs).
     """
     if isinstance(source, keras.Model):
-        report = assign_layers(model, weights_of_model(source), f"model {source.name}")
-        report.kind = "keras model"
-        return report
+        return assign_layers(model, weights_of_model(source), f"model {source.name}", kind="keras model")
     path = os.fspath(source)
     if published.is_weights_name(path):
-        return load_named(model, path, variant=variant, include_top=include_top,
-                                     cache_dir=cache_dir, mirror=mirror, keep_normalization=keep_normalization)
+        return load_named(model, path, variant=variant, include_top=include_top, cache_dir=cache_dir, mirror=mirror,
+                          keep_normalization=keep_normalization)
+    if path.lower().endswith(TORCH_SUFFIXES + KERAS_SUFFIXES) and not os.path.isfile(path):
+        raise UserError(f"weights file {path} does not exist")
     if path.lower().endswith(TORCH_SUFFIXES):
-        if not os.path.isfile(path):
-            raise UserError(f"weights file {path} does not exist")
         return load_torch_weights(model, path)
     if path.endswith(".keras"):
-        if not os.path.isfile(path):
-            raise UserError(f"weights file {path} does not exist")
-        return _with_kind(assign_layers(model, weights_of_keras_file(path), path), "keras file")
+        return assign_layers(model, weights_of_keras_file(path), path, kind="keras file")
     if path.endswith((".h5", ".hdf5")):
-        if not os.path.isfile(path):
-            raise UserError(f"weights file {path} does not exist")
-        return _with_kind(assign_layers(model, weights_of_h5(path), path), "keras h5")
+        return assign_layers(model, weights_of_h5(path), path, kind="keras h5")
     if tf.io.gfile.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest is None:
@@ -77,8 +67,7 @@ def load_pretrained(
         path = latest
     elif not tf.io.gfile.exists(path + ".index") and not tf.io.gfile.exists(path):
         raise UserError(f"weights {path} not found (expected a .keras or .h5 file or a checkpoint prefix)")
-    return _with_kind(assign_layers(model, weights_of_reference_checkpoint(path, model), path), "reference checkpoint")
-
+    return assign_layers(model, weights_of_reference_checkpoint(path, model), path, kind="reference checkpoint")
 
 def load_named(
     model: keras.Model,
@@ -98,7 +87,8 @@ def load_named(
     says when it is not the weights'). Returns the `ImportReport` with weights_name, source_url,
     cache_path, hash_status and normalization (the one the model has afterwards).
     """
-    if variant is None and published.model_key(model.name) not in scaling.VARIANTS and published.compact_name(name) not in published.ALIASES:
+    known_model = published.model_key(model.name) in scaling.VARIANTS
+    if variant is None and not known_model and published.compact_name(name) not in published.ALIASES:
         names = ", ".join(dict.fromkeys(published.ALIASES.values()))
         raise UserError(f"weights {name!r} not found: neither an existing file or checkpoint nor a weights name "
                         f"({names})")
