@@ -19,6 +19,7 @@ from efficientnet_tf import export
 from efficientnet_tf import build_model
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.export import common
+from efficientnet_tf.export.verify import acceptance
 
 import pipeline_defaults as defaults
 
@@ -185,6 +186,32 @@ def test_float16_and_dynamic_range_keep_top1(exported):
         assert row["top1_agreement"] >= 0.99, row
         assert row["passed"]
         assert row["size_bytes"] < max_ratio * float32_size  # the weights really are smaller
+
+
+def test_acceptance_limits_per_format():
+    """Float files are judged by their probabilities or agreement, 8-bit-weight files by accuracy."""
+    def row(fmt, agreement, accuracy=None, **extra):
+        return {"format": fmt, "top1_agreement": agreement, "accuracy": accuracy, "max_prob_diff": 0.05, **extra}
+
+    # float16 is a float file: a 2% top-1 change fails it whatever the accuracy.
+    assert acceptance(row("tflite_float16", 0.98, 0.91), 0.91) == (False, "top-1 agreement >= 99%")
+    assert acceptance(row("tflite_float16", 0.995, 0.91), 0.91)[0]
+    assert acceptance(row("tflite_float32", 1.0), None) == (False, "max prob diff <= 0.0001")
+    # 8-bit weights (dynamic-range and int8, LiteRT and MediaPipe): flips of near-ties are allowed as
+    # long as accuracy on the labelled images stays within 1.5 points of Keras.
+    for fmt in ("tflite_dynamic", "tflite_int8"):
+        assert acceptance(row(fmt, 0.98, 0.905), 0.91) == (True, "accuracy drop <= 1.5 points")
+        assert not acceptance(row(fmt, 0.98, 0.89), 0.91)[0]
+        assert acceptance(row(fmt, 0.96), None) == (True, "top-1 agreement >= 95%")  # no labels
+        assert not acceptance(row(fmt, 0.94), None)[0]
+        names = {"class_names_from_metadata": True}
+        assert acceptance(row("mediapipe:" + fmt, 0.98, 0.905, reference_accuracy=0.91, **names), None)[0]
+        assert not acceptance(row("mediapipe:" + fmt, 0.98, 0.89, reference_accuracy=0.91, **names), 0.95)[0]
+        assert acceptance(row("mediapipe:" + fmt, 1.0, 0.91, reference_accuracy=0.91), 0.91) == (
+            False, "class names read back from the metadata")
+    assert acceptance(row("mediapipe:tflite_float32", 0.98, 0.91, class_names_from_metadata=True), 0.91)[1] == (
+        "top-1 agreement >= 99%")
+    assert acceptance({**row("tflite_int8", 1.0, 0.91), "error": "boom"}, 0.91) == (False, "loads and runs")
 
 
 def test_int8_is_fully_integer_and_agrees(exported, dataset):
