@@ -236,6 +236,20 @@ def _fmt(value, kind: str) -> str:
     return str(value)
 
 
+def _int8_advice(row: dict, report: dict) -> str:
+    """What to do about an int8 file that lost too much: the causes we measured, and the alternatives."""
+    keras_row = next((r for r in report.get("artifacts", []) if r["format"] == "keras"), {})
+    lost = ""
+    if row.get("accuracy") is not None and keras_row.get("accuracy") is not None:
+        lost = f" ({(keras_row['accuracy'] - row['accuracy']) * 100:.1f} points below Keras)"
+    return (
+        f"tflite_int8 misses its limit{lost}: swish and squeeze-excite (B0-B7) quantise worse than the Lite "
+        "variants' ReLU6 without squeeze-excite, and a briefly trained model worse still. Use "
+        "model_dynamic.tflite (8-bit weights, float activations), calibrate on more training images "
+        "(--export_calibration_images), or export a Lite variant."
+    )
+
+
 def format_report(report: dict) -> str:
     """The verification report as a fixed-width text table (one row per artifact).
 
@@ -273,6 +287,8 @@ def format_report(report: dict) -> str:
             verdict = ("every tensor integer (what the Edge TPU compiler needs)" if row["integer_only"]
                        else f"{row['float_tensors']} float tensors: not fully integer")  # fmt: skip
             table.append(f"tflite_int8: {row['input_type']} in, {row['output_type']} out, {verdict}")
+        if row["format"] == "tflite_int8" and row.get("passed") is False and not row.get("error"):
+            table.append(_int8_advice(row, report))
         if row["format"].startswith(MEDIAPIPE_PREFIX) and not row.get("error"):
             named = "class names read from the metadata" if row.get("class_names_from_metadata") else (
                 "CLASS NAMES NOT READ FROM THE METADATA")

@@ -214,6 +214,19 @@ def test_acceptance_limits_per_format():
     assert acceptance({**row("tflite_int8", 1.0, 0.91), "error": "boom"}, 0.91) == (False, "loads and runs")
 
 
+def test_a_failing_int8_row_says_why_and_what_to_use_instead():
+    def report(int8_accuracy, passed):
+        int8 = {"format": "tflite_int8", "accuracy": int8_accuracy, "passed": passed, "check": "accuracy drop",
+                "integer_only": True, "input_type": "uint8", "output_type": "uint8", "float_tensors": 0}
+        return {"model": "efficientnet_b0", "artifacts": [{"format": "keras", "accuracy": 0.43}, int8]}
+
+    failing = export.format_report(report(0.35, False)).splitlines()
+    advice = [line for line in failing if "misses its limit" in line]
+    assert len(advice) == 1 and "(8.0 points below Keras)" in advice[0], failing
+    assert "model_dynamic.tflite" in advice[0] and "--export_calibration_images" in advice[0]
+    assert not any("misses its limit" in line for line in export.format_report(report(0.425, True)).splitlines())
+
+
 def test_int8_is_fully_integer_and_agrees(exported, dataset):
     export_dir, report = exported
     runner = export.TFLiteModel(str(export_dir / "model_int8.tflite"))
