@@ -196,6 +196,7 @@ def test_xla_trains_with_device_augmentation_mixup_and_cutmix(tmp_path: pathlib.
 # XLA under MirroredStrategy (two logical CPUs: a fresh process, since devices are set before TF starts)
 
 
+@pytest.mark.slow  # a fresh process compiling with XLA on two logical CPUs (~20 s)
 def test_xla_under_mirrored_strategy_trains_and_replicas_agree(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "report.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")

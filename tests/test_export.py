@@ -466,6 +466,7 @@ def test_keras_files_load_in_safe_mode(tmp_path):
     assert "not registered" in _one_line_user_error(excinfo)
 
 
+@pytest.mark.slow  # a second model converted to every format; kept out of the fast tier for time
 def test_logits_model_exports_probabilities(tmp_path):
     """A B0 (swish, squeeze-excite) with a logits head: every artifact outputs softmax probabilities."""
     model = build_model(

@@ -206,6 +206,7 @@ def _files(directory: pathlib.Path) -> dict[str, int]:
             if f.is_file() and "logs" not in f.parts}
 
 
+@pytest.mark.slow  # a study run three times (~25 s)
 def test_run_is_resumable_and_reproduces_its_results(tmp_path: pathlib.Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     spec = study.load_spec(_write_spec(tmp_path, {**TINY, "name": "tiny",
