@@ -19,7 +19,7 @@ from efficientnet_tf.export.tflite import LITERT_THREADS, TFLiteModel
 # agreement (float16). Files with 8-bit weights (dynamic-range and int8) are lossy by design: they
 # are judged by accuracy on the labelled eval images, as post-training quantisation is, because a
 # model that is unsure of some images (a short fine-tuning) flips a few near-ties between its top
-# two classes without losing accuracy (2% of 200 photos, all within 0.07 probability). MediaPipe
+# two classes for half a point of accuracy at most (2% of 200 photos, all within 0.07 probability). MediaPipe
 # rows ("mediapipe:<format>") follow the same rules on the uint8 frames an app feeds it, against
 # Keras on the same frames.
 MAX_PROB_DIFF = {common.SAVED_MODEL: 1e-5, "saved_model_bytes": 1e-5, "tflite_float32": 1e-4, onnx.FORMAT: 1e-4}
@@ -242,11 +242,14 @@ def _int8_advice(row: dict, report: dict) -> str:
     lost = ""
     if row.get("accuracy") is not None and keras_row.get("accuracy") is not None:
         lost = f" ({(keras_row['accuracy'] - row['accuracy']) * 100:.1f} points below Keras)"
+    lite = "lite" in str(report.get("model", ""))
+    cause = ("a briefly trained model quantises worse" if lite else
+             "swish and squeeze-excite (B0-B7) quantise worse than the Lite variants' ReLU6 without "
+             "squeeze-excite, and a briefly trained model worse still")  # fmt: skip
     return (
-        f"tflite_int8 misses its limit{lost}: swish and squeeze-excite (B0-B7) quantise worse than the Lite "
-        "variants' ReLU6 without squeeze-excite, and a briefly trained model worse still. Use "
-        "model_dynamic.tflite (8-bit weights, float activations), calibrate on more training images "
-        "(--export_calibration_images), or export a Lite variant."
+        f"tflite_int8 misses its limit{lost}: {cause}. Use model_dynamic.tflite (8-bit weights, float "
+        f"activations){',' if not lite else ' or'} calibrate on more training images (--export_calibration_images)"
+        + ("." if lite else ", or export a Lite variant.")
     )
 
 
