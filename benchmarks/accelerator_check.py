@@ -85,13 +85,13 @@ def _throughput_cell(info, quick: bool, batch: int, jit: bool, steps: int, windo
     config = hparams.resolve(hparams.build_config(
         [*_model_overrides(quick), f"model.num_classes={NUM_CLASSES}", "train.steps_per_epoch=1000",
          "train.warmup_epochs=0,train.image_summary=false", f"runtime.jit_compile={str(jit).lower()}",
-         f"train.steps_per_loop={steps}"],
+         f"train.steps_per_loop={steps}", f"runtime.mixed_precision={keras.mixed_precision.global_policy().name}"],
         {"data.dataset": "synthetic", "train.batch_size": batch, "train.train_steps": 100 * steps}),
-        num_classes=NUM_CLASSES, num_train=1000 * batch)
+        num_classes=NUM_CLASSES, num_train=1000 * batch, device_type=info.device_type, num_replicas=info.num_replicas)
     images = tf.random.stateless_uniform([batch, size, size, 3], [1, 2], 0, 255)
     labels = tf.one_hot(tf.random.stateless_uniform([batch], [3, 4], 0, NUM_CLASSES, tf.int32), NUM_CLASSES)
 
-    def dataset_fn(context=None):
+    def dataset_fn(context=None, stage=None):
         return tf.data.Dataset.from_tensors((images, labels)).repeat()
 
     policy = keras.mixed_precision.global_policy().name
@@ -104,7 +104,7 @@ def _throughput_cell(info, quick: bool, batch: int, jit: bool, steps: int, windo
             else:
                 reference = keras.applications.EfficientNetB0(
                     weights=None, input_shape=(size, size, 3), classes=NUM_CLASSES, classifier_activation=None)
-            schedule = training.build_schedule(config.train, 1000, int(config.train.train_steps))
+            schedule = training.build_schedule(config)
             reference.compile(
                 optimizer=training.build_optimizer(config.train, schedule, loss_scaling=policy == "mixed_float16"),
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
@@ -174,8 +174,8 @@ def _input_cell(info, quick: bool, batch: int, on_device: bool, steps: int) -> d
         {"data.dataset": "imagenette_mini", "train.batch_size": batch, "train.train_steps": 100 * steps})
     source = app.load_source(config)
     config = app.resolve_training_config(config, info, source)
-    train_fn, _ = app.dataset_functions(config, source)
-    iterator = iter(train_fn(tf.distribute.InputContext()))
+    train_fn = training.inputs.train_dataset_fn(config, source)
+    iterator = iter(train_fn(tf.distribute.InputContext(), config.derived.stages[0]))
     for _ in range(2):
         next(iterator)
     count = max(steps, 4)
@@ -220,15 +220,15 @@ def _training_run(quick: bool, batch: int, steps: int, formats: list[str]) -> di
     config = app.layered_config(
         [*_model_overrides(quick), "train.warmup_epochs=0.2,train.image_summary=false,train.ema_decay=0.99",
          f"train.log_every_steps={log_every}", f"train.checkpoint_every_steps={steps}"],
-        {"data.dataset": "imagenette_mini", "train.batch_size": batch, "train.train_steps": steps})
+        {"data.dataset": "imagenette_mini", "train.batch_size": batch, "train.train_steps": steps,
+         "export.formats": list(formats), "export.calibration_images": 8, "export.eval_images": 32})
     with tempfile.TemporaryDirectory() as model_dir:
         began = time.perf_counter()
         outcome = app.train(config, model_dir=model_dir, evaluate=False)  # the export verifies the model
         train_seconds = time.perf_counter() - began
         losses = _losses(model_dir)
         began = time.perf_counter()
-        exported = app.export(app.run_config(model_dir), model_dir, formats=formats, calibration_images=8,
-                              eval_images=32, export_dir=os.path.join(model_dir, "export"))
+        exported = app.export(app.run_config(model_dir), model_dir, export_dir=os.path.join(model_dir, "export"))
         export_seconds = time.perf_counter() - began
     _release()
     first, last = losses[0][1], losses[-1][1]
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from efficientnet_tf import training
+    from efficientnet_tf import hparams, training
 
     started = time.perf_counter()
     keras.utils.set_random_seed(0)
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             keras.mixed_precision.set_global_policy("float32")
 
     # The training precision the hardware gets by default (mixed_float16 on a GPU), as a user would run.
-    keras.mixed_precision.set_global_policy(training.precision_policy("auto", info.device_type))
+    keras.mixed_precision.set_global_policy(hparams.precision_policy("auto", info.device_type))
     try:
         input_batch = TOY["batch"] if quick else min(batch, 128)
         for on_device in (False, True):

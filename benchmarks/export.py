@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
 
     from efficientnet_tf import data
-    from efficientnet_tf import export
+    from efficientnet_tf import export, prediction
     from efficientnet_tf import get_variant
     from efficientnet_tf.errors import UserError
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         model_out = os.path.join(args.out, name.replace("_", "-"))
         saved = os.path.join(model_out, "trained.keras")
         if model is None and args.reuse and os.path.isfile(saved):
-            model = export.load_keras_file(saved)
+            model = prediction.load_keras_file(saved)
             print(f"{name}: reusing {saved}", flush=True)
         elif model is None:
             print(f"{name}: training {args.epochs:g} epoch(s) at {args.image_size} px ...", flush=True)

@@ -53,19 +53,19 @@ def evaluate_as_is(weights: str, dataset: str) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from efficientnet_tf import app, build_model
+    from efficientnet_tf import app, build_model, training
     from efficientnet_tf.data.make_embedded import IMAGENET_INDEX
     from efficientnet_tf.models.weights import load_pretrained
 
     began = time.perf_counter()
     config = app.layered_config(["hparams/finetune.yaml"], {"model.name": MODEL, "data.dataset": dataset})
     source = app.load_source(config)
-    resolved = app.resolve_training_config(config, app.make_strategy(config, app.Hardware()), source)
+    resolved = app.resolve_training_config(config, app.make_strategy(app.Hardware()), source)
     model = build_model(MODEL, classes=1000, classifier_activation=None)
     report = load_pretrained(model, weights)
     to_imagenet = np.array([IMAGENET_INDEX[name] for name in source.class_names])
     classes = np.array(sorted(IMAGENET_INDEX.values()))
-    _, eval_fn = app.dataset_functions(resolved, source)
+    eval_fn = training.inputs.eval_dataset_fn(resolved, source)
     forward = tf.function(lambda x: model(x, training=False))
     logits, labels = [], []
     for images, batch_labels in eval_fn(tf.distribute.InputContext()):
@@ -81,15 +81,15 @@ def train_run(hparams_files: list[str], overrides: dict, model_dir: str, init_we
     """One app.train run; hold-out top-1 after every evaluation with the wall time it was reached at."""
     import shutil
 
-    from efficientnet_tf import app
+    from efficientnet_tf import app, cli
     from efficientnet_tf.rundir import RunDir
 
     shutil.rmtree(model_dir, ignore_errors=True)  # a fresh run each time (a leftover one would resume)
-    config = app.layered_config(hparams_files, overrides)
+    config = app.layered_config(hparams_files, {**overrides, "train.init_weights": init_weights})
     began = time.perf_counter()
-    outcome = app.train(config, model_dir=model_dir, init_weights=init_weights, evaluate=True)
+    outcome = app.train(config, model_dir=model_dir, evaluate=True)
     seconds = time.perf_counter() - began
-    print(outcome.report(), flush=True)
+    print(cli.train_report(outcome), flush=True)
     history = [{"step": int(r["step"]), "epoch": r["step"] / int(outcome.config.train.steps_per_epoch),
                 "top1": r["top1"], "wall_seconds": r.get("wall_seconds")} for r in RunDir(model_dir).read_eval_history()]
     return {"model_dir": model_dir, "steps": int(outcome.result.step), "planned_steps": int(outcome.config.train.train_steps),

@@ -98,12 +98,13 @@ def run_keras(config, source) -> dict:
     import keras
     import tensorflow as tf
 
-    from efficientnet_tf import app
+    from efficientnet_tf import training
 
     keras.utils.set_random_seed(int(config.train.seed or 0))
     size, classes = int(config.model.image_size), int(config.model.num_classes)
-    train_fn, eval_fn = app.dataset_functions(config, source)
-    train_data = train_fn(tf.distribute.InputContext())
+    train_fn = training.inputs.train_dataset_fn(config, source)
+    eval_fn = training.inputs.eval_dataset_fn(config, source)
+    train_data = train_fn(tf.distribute.InputContext(), config.derived.stages[0])
     eval_data = eval_fn(tf.distribute.InputContext()).map(lambda x, y: (x, tf.one_hot(y, classes)))
     model = keras.applications.EfficientNetB0(weights=None, input_shape=(size, size, 3), classes=classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",

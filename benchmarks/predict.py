@@ -16,7 +16,7 @@ For each format, on this machine:
                the same for every format of one model;
   runtime      images/s of the bare runtime on pre-decoded batches (the ceiling of that format);
   bound        1 / (1/decode + 1/runtime): what the two stages allow when they run one after the other;
-  predict      images/s of `--mode=predict` (efficientnet_tf.export.predict.predict_files, rows written to
+  predict      images/s of `--mode=predict` (efficientnet_tf.prediction.predict_files, rows written to
                a CSV), after a one-batch warm-up; `ratio` = predict / bound (> 1 where the stages overlap).
 Plus `keras.applications.EfficientNetB0(...).predict` on the same tf.data pipeline. Prints a table, the
 fastest format, the machine load (`uptime`), and writes `summary.json` under `--out`.
@@ -40,9 +40,9 @@ if REPO_ROOT not in sys.path:
 
 import imagenette  # noqa: E402  (benchmarks/imagenette.py: the Imagenette archive and its extraction)
 
-ALL_FORMATS = ("keras", "saved_model", "tflite_float32", "tflite_int8", "onnx")
-ARTIFACTS = {"keras": "model.keras", "saved_model": "saved_model", "tflite_float32": "model_float32.tflite",
-             "tflite_int8": "model_int8.tflite", "onnx": "model.onnx"}
+# "keras" (a .keras file) and any export format of efficientnet_tf.export.registry.
+DEFAULT_FORMATS = ("keras", "saved_model", "tflite_float32", "tflite_int8", "onnx")
+KERAS_FILE = "model.keras"
 
 
 def photo_folder(data: str, out: str) -> str:
@@ -68,21 +68,27 @@ def main() -> int:
     parser.add_argument("--image_size", type=int, default=128, help="without --model_dir: the B0's resolution")
     parser.add_argument("--limit", type=int, default=1000, help="photos per measurement (0: all)")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--formats", default=",".join(ALL_FORMATS))
+    parser.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                        help="keras and export formats (efficientnet_tf.export.registry names)")
     parser.add_argument("--skip_keras_applications", action="store_true")
     parser.add_argument("--out", default=os.path.join("runs", "predict_benchmark"))
     args = parser.parse_args()
+    from efficientnet_tf.errors import UserError
+    from efficientnet_tf.export import registry
+
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    unknown = sorted(set(formats) - set(ALL_FORMATS))
-    if unknown:
-        parser.error(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(ALL_FORMATS)}")
+    try:
+        exported_formats = list(registry.check([f for f in formats if f != "keras"])) if formats != ["keras"] else []
+    except UserError as error:
+        parser.error(str(error))
+    formats = (["keras"] if "keras" in formats else []) + exported_formats
 
     import keras
     import numpy as np
 
     from efficientnet_tf import build_model, export
-    from efficientnet_tf.export import common, onnx
-    from efficientnet_tf.export import predict as predictions
+    from efficientnet_tf import prediction as predictions
+    from efficientnet_tf.export.files import LABELS_FILE, write_labels_file
     from efficientnet_tf.model_io import restore_for_inference
 
     os.makedirs(args.out, exist_ok=True)
@@ -116,12 +122,16 @@ def main() -> int:
     print(f"decode + preprocess alone: {decode_rate:.1f} images/s", flush=True)
 
     export_dir = os.path.join(args.out, f"export_{size}px")
-    wanted = [f for f in formats if f not in ("keras",)]
-    if "onnx" in wanted and onnx.missing_packages():
-        print(f"ONNX skipped: {', '.join(onnx.missing_packages())} not installed", flush=True)
-        wanted.remove("onnx")
-        formats.remove("onnx")
-    if wanted and not all(os.path.exists(os.path.join(export_dir, ARTIFACTS[f])) for f in wanted):
+    wanted = []
+    for name in (f for f in formats if f != "keras"):
+        missing = registry.get(name).missing_packages()
+        if missing:
+            print(f"{name} skipped: {', '.join(missing)} not installed ({registry.get(name).install_hint})", flush=True)
+            formats.remove(name)
+        else:
+            wanted.append(name)
+    artifacts = {"keras": KERAS_FILE, **{name: registry.get(name).file for name in wanted}}
+    if wanted and not all(os.path.exists(os.path.join(export_dir, artifacts[f])) for f in wanted):
         began = time.time()
         export.run_export(model, class_names=list(names), image_size=size, resize_method=method,
                           export_dir=export_dir, formats=wanted, representative_images=images[:100],
@@ -129,12 +139,12 @@ def main() -> int:
         print(f"exported {', '.join(wanted)} in {time.time() - began:.0f}s", flush=True)
     if "keras" in formats:
         os.makedirs(export_dir, exist_ok=True)
-        model.save(os.path.join(export_dir, ARTIFACTS["keras"]))
-        common.write_labels_file(os.path.join(export_dir, common.LABELS_FILE), list(names))
+        model.save(os.path.join(export_dir, KERAS_FILE))
+        write_labels_file(os.path.join(export_dir, LABELS_FILE), list(names))
 
     rows = []
     for fmt in formats:
-        path = os.path.join(export_dir, ARTIFACTS[fmt])
+        path = os.path.join(export_dir, artifacts[fmt])
         predictor = predictions.load_predictor(path)
         predictor.predict_images(batches[0])  # warm-up (tracing, allocation)
         runtime_rate, _ = timed_rate(lambda: [predictor.predict_images(b) for b in batches], len(images))

@@ -70,7 +70,7 @@ def measure(resolution: int, batch_size: int, steps: int, windows: int) -> dict[
     config = _config(resolution, batch_size, steps)
     images, labels = _batch(resolution, batch_size)
 
-    def dataset_fn(context=None):
+    def dataset_fn(context=None, stage=None):
         return tf.data.Dataset.from_tensors((images, labels)).repeat()
 
     with tempfile.TemporaryDirectory() as model_dir:
@@ -80,19 +80,18 @@ def measure(resolution: int, batch_size: int, steps: int, windows: int) -> dict[
                 weights=None, input_shape=(resolution, resolution, 3), classes=NUM_CLASSES,
                 classifier_activation=None,
             )
-            schedule = training.build_schedule(config.train, int(config.train.steps_per_epoch),
-                                               int(config.train.train_steps))
+            schedule = training.build_schedule(config)
             reference.compile(
                 optimizer=training.build_optimizer(
                     config.train, schedule, loss_scaling=keras.mixed_precision.global_policy().name == "mixed_float16"),
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
-                jit_compile=ours.jit_compile,
-                steps_per_execution=ours.steps_per_loop,
+                jit_compile=config.runtime.jit_compile,
+                steps_per_execution=config.train.steps_per_loop,
             )
-        reference.fit(dataset_fn(), epochs=1, steps_per_epoch=2 * ours.steps_per_loop, verbose=0, shuffle=False)
+        reference.fit(dataset_fn(), epochs=1, steps_per_epoch=2 * config.train.steps_per_loop, verbose=0, shuffle=False)
         train_function = reference.make_train_function()
         keras_iterator = iter(info.strategy.experimental_distribute_dataset(dataset_fn()))
-        keras_calls = max(1, steps // ours.steps_per_loop)
+        keras_calls = max(1, steps // config.train.steps_per_loop)
 
         def run_ours() -> int:
             ours.time_steps(steps, warmup_steps=0)
@@ -104,7 +103,7 @@ def measure(resolution: int, batch_size: int, steps: int, windows: int) -> dict[
             if isinstance(logs, tf.experimental.Optional):
                 logs = logs.get_value()
             tf.nest.map_structure(lambda t: t.numpy(), logs)  # waits for the steps to finish
-            return keras_calls * ours.steps_per_loop
+            return keras_calls * config.train.steps_per_loop
 
         run_ours(), run_keras()  # traces both, settles the allocators
         result: dict[str, list[float]] = {"ours": [], "keras": [], "ours_cpu": [], "keras_cpu": []}

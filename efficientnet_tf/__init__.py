@@ -5,8 +5,9 @@
 
 Subpackages: `efficientnet_tf.models` (the network, its counting and weight import),
 `efficientnet_tf.hparams` (configuration), `efficientnet_tf.data` (input pipelines),
-`efficientnet_tf.training` (the distributed training loop), `efficientnet_tf.export` (SavedModel /
-TFLite), `efficientnet_tf.app` (train / evaluate / export / predict from a config) and
+`efficientnet_tf.training` (the distributed training loop), `efficientnet_tf.export` (SavedModel, TFLite,
+ONNX, ...: one module per format), `efficientnet_tf.prediction` (classifying files with a run or any
+exported file), `efficientnet_tf.app` (train / evaluate / export / predict from a config) and
 `efficientnet_tf.cli` (the command line). The model API below is loaded on first use, so that the
 command line can check its flags before TensorFlow starts.
 """

@@ -26,12 +26,13 @@ from absl import app, flags, logging
 
 from efficientnet_tf import study
 from efficientnet_tf.errors import EXIT_PREEMPTED, UserError, first_line
+from efficientnet_tf.export import registry as export_registry
+from efficientnet_tf.hparams import PRECISIONS, RunConfig
 
 MODES = ("train", "eval", "train_and_eval", "export", "predict", "summary", "scaling_study")
 # Kept in step with efficientnet_tf.training.strategy (a test checks); listed here so that flag
 # values are checked before TensorFlow is imported.
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker", "one_device", "default")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 EXIT_USER_ERROR = 1
 EXIT_FLAGS_ERROR = 2
 EXIT_DIVERGED = 3
@@ -67,7 +68,7 @@ flags.DEFINE_string("init_weights", None, "Start from pretrained weights: a name
 flags.DEFINE_string("weights_mirror", None, "Base URL (or local directory) replacing the official hosts for "
                     "--init_weights names, for machines behind a firewall; also $EFFICIENTNET_TF_WEIGHTS_MIRROR.")
 flags.DEFINE_string("checkpoint", None, "eval / export / predict: checkpoint prefix, 'latest' (default) or 'best'; "
-                    "predict also takes a SavedModel directory, a .tflite or a .keras file.")
+                    "predict also takes an export directory, a .keras file or a file of any export format.")
 flags.DEFINE_integer("seed", None, "Random seed for weights, input pipeline and dropout.")
 flags.DEFINE_boolean("deterministic", None, "Deterministic ops and input order (slower); with --seed, "
                      "reruns and resumed runs give the same weights.")
@@ -80,17 +81,20 @@ flags.DEFINE_boolean("explain", False, "predict and eval: Grad-CAM heat-map over
                      "runs): predict writes one PNG per image beside --output (<name>_gradcam/), eval adds them to "
                      "the highest-loss grid.")
 flags.DEFINE_string("export_dir", None, "export: where the artifacts go (default: <model_dir>/export).")
-flags.DEFINE_list("export_formats", None, "export: formats to write: saved_model, tflite_float32, tflite_float16, "
-                  "tflite_dynamic, tflite_int8, onnx, or the groups tflite and all (default: every format this "
-                  "installation can write; onnx needs the [onnx] extra).")
+flags.DEFINE_list("export_formats", None, f"export (export.formats): formats to write: {', '.join(export_registry.NAMES)}, "
+                  f"or the groups {' and '.join(export_registry.GROUPS)} (default: every format this installation can "
+                  "write; some need an extra, e.g. onnx needs the [onnx] extra).")
 flags.DEFINE_boolean("export", False, "train / train_and_eval: export the final checkpoint when training ends "
                      "(every format, verified as --mode=export does).")
-flags.DEFINE_enum("export_int8_io", "uint8", ["uint8", "int8"], "export: input/output type of the int8 TFLite "
-                  "model (uint8: camera pixels as they are, what MediaPipe and Android feed).")
-flags.DEFINE_string("export_license", "Apache-2.0", "export: licence written into the .tflite metadata.")
-flags.DEFINE_string("export_author", "", "export: author written into the .tflite metadata.")
-flags.DEFINE_integer("export_calibration_images", 200, "export: training images used to calibrate int8.")
-flags.DEFINE_integer("export_eval_images", 500, "export: held-out images used to verify the artifacts.")
+flags.DEFINE_enum("export_int8_io", None, ["uint8", "int8"], "export (export.int8_io): input/output type of the int8 "
+                  "TFLite model (default uint8: camera pixels as they are, what MediaPipe and Android feed).")
+flags.DEFINE_string("export_license", None, "export (export.license): licence written into the .tflite metadata "
+                    "(default Apache-2.0).")
+flags.DEFINE_string("export_author", None, "export (export.author): author written into the .tflite metadata.")
+flags.DEFINE_integer("export_calibration_images", None, "export (export.calibration_images): training images used "
+                     "to calibrate int8 (default 200).")
+flags.DEFINE_integer("export_eval_images", None, "export (export.eval_images): held-out images used to verify the "
+                     "artifacts (default 500).")
 flags.DEFINE_string("study", None, "scaling_study: a preset in hparams/studies (smoke, cpu, gpu) or a study YAML "
                     "file. --data_dir, --dataset and --hparams apply to every arm; --model_dir defaults to "
                     "runs/scaling-<study name>.")
@@ -105,8 +109,14 @@ FLAG_TO_KEY = {
     "train_steps": "train.train_steps",
     "seed": "train.seed",
     "deterministic": "train.deterministic",
+    "init_weights": "train.init_weights",
     "mixed_precision": "runtime.mixed_precision",
+    **{f"export_{key}": f"export.{key}" for key in ("formats", "int8_io", "license", "author", "calibration_images",
+                                                     "eval_images")},
 }
+# Flags that mean something else for a run that exists: the data's place and the evaluation batch.
+RUN_FLAG_TO_KEY = {"data_dir": "data.data_dir", "batch_size": "eval.batch_size",
+                   **{flag: key for flag, key in FLAG_TO_KEY.items() if key.startswith("export.")}}
 
 
 class CommandError(Exception):
@@ -158,9 +168,9 @@ def _log_progress() -> None:
         logging.set_verbosity(logging.INFO)
 
 
-def _flag_values() -> dict[str, Any]:
+def _flag_values(table: dict[str, str] = FLAG_TO_KEY) -> dict[str, Any]:
     """Config keys for the flags the user gave explicitly."""
-    return {key: FLAGS[flag].value for flag, key in FLAG_TO_KEY.items() if FLAGS[flag].present}
+    return {key: FLAGS[flag].value for flag, key in table.items() if FLAGS[flag].present}
 
 
 def _hardware(application: Any) -> Any:
@@ -178,8 +188,8 @@ def _model_dir(application: Any) -> str:
 
 
 def _run_config(application: Any, model_dir: str) -> Any:
-    return application.run_config(model_dir, FLAGS.hparams, model=FLAGS.model, dataset=FLAGS.dataset,
-                                  data_dir=FLAGS.data_dir, eval_batch_size=FLAGS.batch_size)
+    return application.run_config(model_dir, FLAGS.hparams, _flag_values(RUN_FLAG_TO_KEY), model=FLAGS.model,
+                                  dataset=FLAGS.dataset)
 
 
 def _run_study() -> int:
@@ -202,13 +212,76 @@ def _run_study() -> int:
     return 0
 
 
-def _export(application: Any, model_dir: str, config: Any) -> None:
+def train_report(outcome: Any) -> str:
+    """What a user sees at the end of training: accuracy, where things are, what to run next."""
+    config, result, run = outcome.config, outcome.result, outcome.run
+    lines = [f"Trained {config.model.name} on {config.data.dataset} to step {result.step}."]
+    if result.train_metrics:
+        lines.append(f"  last training window: loss {result.train_metrics['loss']:.4f}, "
+                     f"top-1 {100 * result.train_metrics['top1']:.1f}%")
+    if result.eval_metrics:
+        m = result.eval_metrics
+        weights = "EMA weights" if config.train.ema_decay > 0 else "final weights"
+        lines.append(f"  eval ({int(m['examples'])} held-out images, {weights}): top-1 {100 * m['top1']:.2f}%, "
+                     f"top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f}")
+    if outcome.bad_files:
+        lines.append(f"  {len(outcome.bad_files)} unreadable item(s) skipped, e.g. {outcome.bad_files[0]}")
+    best = f" (best: {result.best_checkpoint})" if result.best_checkpoint else ""
+    lines += [
+        f"  checkpoints:      {result.checkpoint}{best}",
+        f"  TensorBoard logs: {run.logs_dir}",
+        f"  config:           {run.config_path}",
+    ]
+    if os.path.isfile(run.import_report_path):
+        lines.append(f"  import report:    {run.import_report_path}")
+    lines += [
+        "Next:",
+        f"  tensorboard --logdir {run.logs_dir}",
+        f"  python main.py --mode=eval --model_dir={run.path}",
+        f"  python main.py --mode=export --model_dir={run.path}",
+        f"  python main.py --mode=predict --model_dir={run.path} --image=<photo.jpg>",
+    ]
+    return "\n".join(lines)
+
+
+def eval_report(outcome: Any) -> str:
+    """Two lines: the metrics and where they were written."""
+    m = outcome.metrics
+    return (f"Eval of {outcome.config.model.name} at step {int(m['step'])} on {int(m['examples'])} images: "
+            f"top-1 {100 * m['top1']:.2f}%, top-5 {100 * m['top5']:.2f}%, loss {m['loss']:.4f}\n"
+            f"  results: {outcome.run.eval_results_path}; TensorBoard: {outcome.run.logs_dir}")
+
+
+def export_summary(outcome: Any) -> str:
+    """The verification table, the artifacts' directory and the files in it."""
+    from efficientnet_tf import export as exporter  # TensorFlow: only after the flags are checked
+
+    files = sorted({row["path"].split(os.sep)[0] for row in outcome.report["artifacts"] if row.get("path")})
+    return (f"{exporter.format_report(outcome.report)}\nArtifacts in {outcome.export_dir}: {', '.join(files)} "
+            f"(report: export_report.json)")
+
+
+def predict_report(outcome: Any) -> str:
+    """One block per image when no --output was given, then a summary line (and where files went)."""
+    from efficientnet_tf import prediction  # TensorFlow: only after the flags are checked
+
+    run = outcome.run
+    lines = [] if run.output else [prediction.format_predictions(outcome.images, outcome.results)]
+    lines.append(f"Classified {len(run.rows)} image(s) with {outcome.model} in {run.seconds:.1f}s "
+                 f"({run.images_per_second:.1f} images/s)"
+                 + (f"; {len(run.bad_files)} unreadable file(s) skipped" if run.bad_files else ""))
+    if run.output:
+        lines.append(f"  results: {run.output}")
+    if run.explain_dir:
+        lines.append(f"  Grad-CAM overlays: {run.explain_dir}")
+    return "\n".join(lines)
+
+
+def _export(application: Any, model_dir: str, config: RunConfig) -> None:
     """Export a run, print the verification table; a format that failed to convert is an error line."""
     outcome = application.export(config, model_dir, checkpoint=FLAGS.checkpoint, export_dir=FLAGS.export_dir,
-                                 formats=FLAGS.export_formats, calibration_images=FLAGS.export_calibration_images,
-                                 eval_images=FLAGS.export_eval_images, int8_io=FLAGS.export_int8_io,
-                                 license=FLAGS.export_license, author=FLAGS.export_author, ready=_log_progress)
-    print(outcome.summary())
+                                 ready=_log_progress)
+    print(export_summary(outcome))
     failed = outcome.report.get("failed_formats") or []
     if failed:
         raise CommandError(f"{', '.join(failed)} could not be written (see the lines above); the other formats are "
@@ -227,12 +300,12 @@ def run_mode(mode: str) -> int:
     if mode in ("train", "train_and_eval"):
         config = application.layered_config(FLAGS.hparams, _flag_values())
         outcome = application.train(config, model_dir=FLAGS.model_dir, hardware=_hardware(application),
-                                    evaluate=mode == "train_and_eval", init_weights=FLAGS.init_weights,
-                                    ready=_log_progress)
+                                    evaluate=mode == "train_and_eval", ready=_log_progress)
         if outcome.is_chief:
-            print(outcome.report())
+            print(train_report(outcome))
             if FLAGS.export:
-                # The run's own resolved config: re-applying --hparams files would undo what training resolved.
+                # The run's own resolved config (its export settings included): re-applying --hparams files
+                # would undo what training resolved.
                 _export(application, outcome.run.path, application.run_config(outcome.run.path))
     elif mode in ("eval", "export"):
         model_dir = _model_dir(application)
@@ -242,7 +315,7 @@ def run_mode(mode: str) -> int:
                                            hardware=_hardware(application), ready=_log_progress,
                                            explain=FLAGS.explain)
             if outcome.is_chief:
-                print(outcome.report())
+                print(eval_report(outcome))
         else:
             _export(application, model_dir, config)
     elif mode == "predict":
@@ -253,9 +326,9 @@ def run_mode(mode: str) -> int:
         explain_dir = None
         if FLAGS.explain:
             explain_dir = f"{os.path.splitext(FLAGS.output)[0]}_gradcam" if FLAGS.output else "predict_gradcam"
-        print(application.predict(path, FLAGS.image, checkpoint=None if artifact else FLAGS.checkpoint,
-                                  top_k=FLAGS.top_k, output=FLAGS.output, batch_size=FLAGS.batch_size,
-                                  explain_dir=explain_dir).report())
+        print(predict_report(application.predict(path, FLAGS.image, checkpoint=None if artifact else FLAGS.checkpoint,
+                                                  top_k=FLAGS.top_k, output=FLAGS.output, batch_size=FLAGS.batch_size,
+                                                  explain_dir=explain_dir)))
     else:
         print(application.summary((FLAGS.model,) if FLAGS.model else None))
     return 0

@@ -13,37 +13,38 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.hparams import RunConfig
 from efficientnet_tf.models.builder import build_model
 from efficientnet_tf.models.ema import ExponentialMovingAverage, averaged_variables, batch_norm_layers
 from efficientnet_tf.models.normalization import refresh_normalization
 from efficientnet_tf.rundir import RunDir
 
 
-def build_model_from_config(config: Any, *, classifier_activation: str | None = None,
+def build_model_from_config(config: RunConfig, *, classifier_activation: str | None = None,
                             any_size: bool = False) -> keras.Model:
     """The EfficientNet a resolved config describes (float32 logits unless an activation is given); with
-    `any_size` it takes images of any height and width (progressive learning trains at several sizes)."""
+    `any_size` it takes images of any height and width (progressive learning trains at several sizes).
+
+    Every argument comes from the config: the builder's own defaults are for people who call it directly.
+    The dropout layer gets the highest rate any training stage uses (progressive stages set it per stage).
+    """
     model = config.model
-    size = int(model.image_size)
-    kwargs: dict[str, Any] = {
-        "include_top": True,
-        "weights": None,
-        "input_shape": (None, None, 3) if any_size else (size, size, 3),
-        "classes": int(model.num_classes),
-        "classifier_activation": classifier_activation,
-        "drop_connect_rate": float(model.drop_connect_rate),
-        "dropout_rate": float(model.dropout_rate),
-    }
-    if model.width_coefficient is not None:
-        kwargs["width_coefficient"] = float(model.width_coefficient)
-    if model.depth_coefficient is not None:
-        kwargs["depth_coefficient"] = float(model.depth_coefficient)
-    if model.get("normalization") is not None:
-        kwargs["normalization"] = str(model.normalization)
-    built = build_model(model.name, **kwargs)
-    if model.batch_norm_momentum is not None:
-        for layer in batch_norm_layers(built):
-            layer.momentum = float(model.batch_norm_momentum)
+    size = model.image_size
+    built = build_model(
+        model.name,
+        include_top=True,
+        weights=None,
+        input_shape=(None, None, 3) if any_size else (size, size, 3),
+        classes=model.num_classes,
+        classifier_activation=classifier_activation,
+        drop_connect_rate=model.drop_connect_rate,
+        dropout_rate=config.derived.model_dropout_rate,
+        width_coefficient=model.width_coefficient,
+        depth_coefficient=model.depth_coefficient,
+        normalization=model.normalization,
+    )
+    for layer in batch_norm_layers(built):
+        layer.momentum = model.batch_norm_momentum
     if model.zero_init_residual:
         zero_init_residual_blocks(built)
     return built
@@ -94,7 +95,7 @@ def restore_for_inference(
     checkpoint: str | None = None,
     *,
     classifier_activation: str | None = "softmax",
-) -> tuple[keras.Model, Any, list[str] | None]:
+) -> tuple[keras.Model, RunConfig, list[str] | None]:
     """(model with the EMA weights of a checkpoint, the run's resolved config, its class names).
 
     `checkpoint` is a prefix, a directory, "latest" (default) or "best". The model returns

@@ -31,7 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf.errors import UserError, first_line
-from efficientnet_tf.hparams import load_config_file, to_yaml
+from efficientnet_tf.hparams import RunConfig, load_config_file, to_yaml
 
 CONFIG_FILE = "config.yaml"
 IMPORT_REPORT_FILE = "import_report.json"  # what --init_weights loaded, skipped, re-initialised
@@ -203,7 +203,7 @@ class RunDir:
         return self.write_text(IMPORT_REPORT_FILE, json.dumps({"source": str(source), **report}, indent=2,
                                                                default=str) + "\n")
 
-    def write_config(self, config: Any) -> str:
+    def write_config(self, config: RunConfig) -> str:
         """Write the resolved config atomically (temporary file, then rename)."""
         tmp = self.config_path + ".tmp"
         with tf.io.gfile.GFile(tmp, "w") as handle:
@@ -212,7 +212,7 @@ class RunDir:
         tf.io.gfile.rename(tmp, self.config_path, overwrite=True)
         return self.config_path
 
-    def read_config(self) -> Any:
+    def read_config(self) -> RunConfig:
         """The run's config, checked key by key against today's defaults (an unknown key is a UserError)."""
         if not self.has_config():
             raise UserError(f"no {CONFIG_FILE} in {self.path}; is it the --model_dir of a training run?")

@@ -1,8 +1,10 @@
-"""run_export: write every requested artifact, then verify each against the Keras model."""
+"""run_export: check the request once, write every requested format through the registry, then verify each
+artifact against the Keras model and write the report."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -12,21 +14,15 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf.errors import UserError, first_line
-from efficientnet_tf.export import common, mediapipe_check, onnx
-from efficientnet_tf.export.saved_model import export_saved_model
-from efficientnet_tf.export.tflite import LITERT_THREADS, export_tflite
+from efficientnet_tf.export import checks, mediapipe_check, registry
+from efficientnet_tf.export.files import EXPORT_INFO_FILE, LABELS_FILE, REPORT_FILE, write_json, write_labels_file
+from efficientnet_tf.export.formats.base import ExportJob
+from efficientnet_tf.export.formats.litert import LITERT_THREADS
+from efficientnet_tf.export.images import check_decodable, preprocess_batch
+from efficientnet_tf.export.keras_model import outputs_probabilities, write_conversion_source
 from efficientnet_tf.export.verify import format_report, verify_artifacts
 
 _RANDOM_EVAL_IMAGES = 8
-
-
-def default_formats() -> tuple[str, ...]:
-    """Every format this installation can write: ONNX only with the [onnx] extra (else one log line)."""
-    if onnx.missing_packages():
-        logging.warning("ONNX export skipped: %s is not installed (%s)", " and ".join(onnx.missing_packages()),
-                        onnx.EXTRA_HINT)  # fmt: skip
-        return tuple(f for f in common.FORMATS if f != common.ONNX)
-    return common.FORMATS
 
 
 def _check_images(name: str, images: np.ndarray | None, image_size: int) -> np.ndarray | None:
@@ -59,7 +55,7 @@ def _eval_set(
     if jpeg_bytes:
         if labels is not None and len(labels) != len(jpeg_bytes):
             raise UserError(f"eval_labels has {len(labels)} entries but eval_jpeg_bytes has {len(jpeg_bytes)}")
-        return common.preprocess_batch(jpeg_bytes, image_size, resize_method), labels, "the eval set (encoded)"
+        return preprocess_batch(jpeg_bytes, image_size, resize_method), labels, "the eval set (encoded)"
     if labels is not None:
         raise UserError("eval_labels were given without eval_images or eval_jpeg_bytes to go with them")
     if representative is not None:
@@ -91,24 +87,23 @@ def run_export(
     `eval_images` is None they (with `eval_labels`) also form the eval set. The report is written
     to `export_dir/export_report.json`; `format_report` renders it as a table.
 
-    `formats` defaults to every format this installation can write. `model_info` (name,
-    description, version, author, license) goes into each .tflite's standard metadata. A format
-    whose conversion fails is reported (row with its error, `all_passed` false) while the others
+    `formats` defaults to every format this installation can write (efficientnet_tf.export.registry).
+    `model_info` (name, description, version, author, license) goes into each .tflite's standard metadata.
+    A format whose conversion fails is reported (row with its error, `all_passed` false) while the others
     are still written and verified.
     """
     started = time.time()
-    formats = default_formats() if formats is None else common.check_formats(formats)
-    if common.ONNX in formats:
-        onnx.check_available()
-    num_classes = common.model_num_classes(model)
+    formats = registry.default_formats() if formats is None else registry.check(formats)
+    registry.check_installed(formats)
+    num_classes = checks.model_num_classes(model)
     if not class_names:
         logging.warning("No class names given; the artifacts will name classes class_0 ... class_%d", num_classes - 1)
-        class_names = common.default_class_names(num_classes)
-    class_names = common.check_class_names(class_names, num_classes)
-    image_size = common.check_image_size(model, image_size)
-    resize_method = common.check_resize_method(resize_method)
-    if int8_io not in common.INT8_IO_TYPES:
-        raise UserError(f"int8_io must be one of {', '.join(common.INT8_IO_TYPES)}, got {int8_io!r}")
+        class_names = checks.default_class_names(num_classes)
+    class_names = checks.check_class_names(class_names, num_classes)
+    image_size = checks.check_image_size(model, image_size)
+    resize_method = checks.check_resize_method(resize_method)
+    if int8_io not in checks.INT8_IO_TYPES:
+        raise UserError(f"int8_io must be one of {', '.join(checks.INT8_IO_TYPES)}, got {int8_io!r}")
     representative_images = _check_images("representative_images", representative_images, image_size)
     eval_images = _check_images("eval_images", eval_images, image_size)
     if "tflite_int8" in formats and (representative_images is None or len(representative_images) == 0):
@@ -118,7 +113,7 @@ def run_export(
         )
     if eval_jpeg_bytes is not None:
         for i, item in enumerate(eval_jpeg_bytes):
-            common.check_decodable(item, f"eval_jpeg_bytes[{i}]")
+            check_decodable(item, f"eval_jpeg_bytes[{i}]")
     labels = None if eval_labels is None else np.asarray(eval_labels).astype(np.int64).reshape(-1)
     images, labels_for_images, eval_set = _eval_set(
         eval_images, labels, eval_jpeg_bytes, representative_images, image_size, resize_method
@@ -134,7 +129,7 @@ def run_export(
     except (OSError, tf.errors.OpError) as error:
         raise UserError(f"cannot write to export directory {export_dir}: {first_line(error)}") from None
 
-    probabilities = common.outputs_probabilities(model)
+    probabilities = outputs_probabilities(model)
     if not probabilities:
         logging.info("Model %s outputs logits; the exported artifacts apply softmax", model.name)
     info = {
@@ -145,40 +140,31 @@ def run_export(
         "input": "float32 RGB 0..255 after eval preprocessing: centre crop size/(size+32) of the shorter side, resize",
         "output": "class probabilities",
     }
-    common.write_labels_file(os.path.join(export_dir, common.LABELS_FILE), class_names)
+    write_labels_file(os.path.join(export_dir, LABELS_FILE), class_names)
 
     artifacts: dict[str, str] = {}
-    if common.SAVED_MODEL in formats:
-        artifacts[common.SAVED_MODEL] = export_saved_model(
-            model,
-            os.path.join(export_dir, common.SAVED_MODEL_DIR),
-            class_names=class_names,
-            image_size=image_size,
-            resize_method=resize_method,
-            probabilities=probabilities,
-        )
-    tflite_formats = [f for f in formats if f in common.TFLITE_FORMATS]
-    written, failures = export_tflite(
-        model,
-        export_dir,
-        tflite_formats,
-        info=info,
-        image_size=image_size,
-        probabilities=probabilities,
-        representative_images=representative_images,
-        int8_io=int8_io,
-        model_info=model_info,
-    )
-    artifacts.update(written)
-    if common.ONNX in formats:
-        try:
-            artifacts[common.ONNX] = onnx.export_onnx(model, export_dir, info=info, image_size=image_size,
-                                                      probabilities=probabilities)  # fmt: skip
-        except UserError as error:
-            failures[common.ONNX] = str(error)
-            logging.error("%s", error)
-    common.write_json(
-        os.path.join(export_dir, common.EXPORT_INFO_FILE),
+    failures: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="conversion_source_") as scratch:
+        sources: dict[int | None, str] = {}
+
+        def conversion_source(batch: int | None) -> str:
+            """The SavedModel converters read (one per batch shape: 1 for TFLite, dynamic for the others)."""
+            if batch not in sources:
+                sources[batch] = write_conversion_source(model, os.path.join(scratch, f"batch_{batch}"),
+                                                         image_size=image_size, probabilities=probabilities,
+                                                         batch=batch)
+            return sources[batch]
+
+        job = ExportJob(model, export_dir, class_names, image_size, resize_method, probabilities, info,
+                        model_info or {}, representative_images, int8_io, conversion_source)
+        for name in formats:
+            try:
+                artifacts[name] = registry.get(name).write(job)
+            except UserError as error:
+                failures[name] = str(error)
+                logging.error("%s", error)
+    write_json(
+        os.path.join(export_dir, EXPORT_INFO_FILE),
         {**info, "artifacts": {fmt: os.path.relpath(p, export_dir) for fmt, p in artifacts.items()}},
     )
     export_seconds = time.time() - started
@@ -193,6 +179,7 @@ def run_export(
         jpeg_labels=jpeg_labels,
         image_size=image_size,
         resize_method=resize_method,
+        class_names=class_names,
     )
     rows += [{"format": fmt, "path": None, "error": error, "check": "converts", "passed": False}
              for fmt, error in failures.items()]  # fmt: skip
@@ -218,11 +205,11 @@ def run_export(
         "all_passed": all(row["passed"] for row in rows),
         "artifacts": rows,
     }
-    common.write_json(os.path.join(export_dir, common.REPORT_FILE), report)
+    write_json(os.path.join(export_dir, REPORT_FILE), report)
     logging.info(
         "Verified %d artifacts (%s) in %s",
         len(artifacts), "all within limits" if report["all_passed"] else "SOME OUTSIDE THEIR LIMITS",
-        os.path.join(export_dir, common.REPORT_FILE),
+        os.path.join(export_dir, REPORT_FILE),
     )  # fmt: skip
     logging.debug("Export verification:\n%s", format_report(report))
     return report

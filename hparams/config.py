@@ -1,8 +1,10 @@
 """Layered, strict configuration: defaults -> variant -> dataset -> --hparams -> flags.
 
-The configuration is an `ml_collections.ConfigDict`, locked after the defaults are read, so that
-its type checks and its refusal of unknown keys do the validation; this module adds YAML layers,
-dotted `key=value` overrides, nearest-key suggestions and the resolved-config file.
+While layers are merged the configuration is an `ml_collections.ConfigDict`, locked after the
+defaults are read, so that its type checks and its refusal of unknown keys do the validation (keys
+whose default is null take the type `hparams.settings` declares); this module adds YAML layers,
+dotted `key=value` overrides, nearest-key suggestions and the run's config file. `hparams.resolve`
+turns the merged layers into the frozen `RunConfig` the program reads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+import typing
 from typing import Any
 
 import ml_collections
@@ -19,42 +22,18 @@ import yaml
 from absl import logging
 
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.hparams import settings
+from efficientnet_tf.hparams.resolve import resolve
+from efficientnet_tf.hparams.settings import RUN_ONLY_SECTIONS, Facts, RunConfig
 from efficientnet_tf.hparams.variants import variant_layer
-from efficientnet_tf.models.scaling import DEFAULT_DROP_CONNECT_RATE, canonical_name, get_variant
+from efficientnet_tf.models.scaling import canonical_name
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULTS_FILE = os.path.join(CONFIG_DIR, "defaults.yaml")
 DATASETS_DIR = os.path.join(CONFIG_DIR, "datasets")
 
-# Types of the keys whose default is null ("derived"); the others take the type of their default.
-_NULLABLE_TYPES: dict[str, type] = {
-    "model.image_size": int,
-    "model.num_classes": int,
-    "model.dropout_rate": float,
-    "model.drop_connect_rate": float,
-    "model.batch_norm_momentum": float,
-    "model.width_coefficient": float,
-    "model.depth_coefficient": float,
-    "model.normalization": str,
-    "data.data_dir": str,
-    "data.resize_method": str,
-    "train.train_steps": int,
-    "train.max_seconds": float,
-    "train.steps_per_epoch": int,
-    "train.gradient_clip_norm": float,
-    "train.steps_per_loop": int,
-    "train.profile_steps": str,
-    "train.seed": int,
-    "train.progressive.image_size_start": int,
-    "train.progressive.image_size_end": int,
-    "train.progressive.dropout_rate_start": float,
-    "eval.batch_size": int,
-}
-# Keys that take one of a few words (checked when set, with the nearest word suggested).
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "data.augment_backend": ("native", "keras_cv"),
-}
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+               tuple: "a list"}
 
 # A layer file may start from other files of this folder: `base: <file.yaml>` (or a list), read first.
 BASE_KEY = "base"
@@ -78,9 +57,11 @@ def _read_yaml(path: str) -> Any:
         raise UserError(f"cannot read config file {path}: {getattr(error, 'message', error)}") from None
 
 
-def flatten(config: Mapping[str, Any] | ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
-    """Map a nested config to {"section.key": value}."""
-    items = config.items() if not isinstance(config, ml_collections.ConfigDict) else config.items()
+def flatten(config: Mapping[str, Any] | ml_collections.ConfigDict | RunConfig, prefix: str = "") -> dict[str, Any]:
+    """Map a nested config to {"section.key": value} (a RunConfig's settings, without facts and derived)."""
+    if isinstance(config, RunConfig):
+        config = config.settings()
+    items = config.items()
     flat: dict[str, Any] = {}
     for key, value in items:
         name = f"{prefix}{key}"
@@ -142,7 +123,10 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any, origin: s
         merge(config, value, origin, prefix=key + ".")
         return
     current = node[leaf]
-    expected = _NULLABLE_TYPES.get(key) if current is None else type(current)
+    expected = settings.value_type(key) if current is None else type(current)
+    if typing.get_origin(expected) is tuple:
+        value = _name_list(value, key, origin)
+        expected = list
     if expected in (int, float) and isinstance(value, str):
         value = _number_from_text(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
     if current is None and value is not None:
@@ -162,11 +146,11 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any, origin: s
         if not value.is_integer():
             raise UserError(f"hparams key {key!r} in {origin} takes an integer, got {value!r}")
         value = int(value)
-    if key in _CHOICES and value not in _CHOICES[key]:
-        close = difflib.get_close_matches(str(value), _CHOICES[key], n=1, cutoff=0.6)
+    words = settings.choices(key)
+    if words and value not in words:
+        close = difflib.get_close_matches(str(value), words, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise UserError(f"hparams key {key!r} in {origin} takes one of {', '.join(_CHOICES[key])}, "
-                        f"got {value!r}{hint}")
+        raise UserError(f"hparams key {key!r} in {origin} takes one of {', '.join(words)}, got {value!r}{hint}")
     try:
         node[leaf] = value
     except TypeError:
@@ -174,6 +158,17 @@ def set_value(config: ml_collections.ConfigDict, key: str, value: Any, origin: s
             f"hparams key {key!r} in {origin} takes {_TYPE_WORDS.get(type(current), type(current).__name__)}, "
             f"got {value!r}"
         ) from None
+
+
+def _name_list(value: Any, key: str, origin: str) -> list[str] | None:
+    """A list of names from a list or a comma-separated string (`export.formats=tflite,onnx`)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise UserError(f"hparams key {key!r} in {origin} takes a list of names, got {value!r}")
+    return [v.strip() for v in value]
 
 
 def merge(config: ml_collections.ConfigDict, values: Mapping[str, Any] | None, origin: str, prefix: str = "") -> None:
@@ -184,6 +179,8 @@ def merge(config: ml_collections.ConfigDict, values: Mapping[str, Any] | None, o
         raise UserError(f"{origin} must hold a mapping of sections (model:, data:, train:, ...), got {type(values).__name__}")
     for key, value in values.items():
         name = f"{prefix}{key}"
+        if not prefix and key in RUN_ONLY_SECTIONS:
+            continue  # a run's config.yaml as a layer: its facts and derived values are not settings
         if isinstance(value, Mapping):
             parts = name.split(".")
             node = config
@@ -332,13 +329,40 @@ def _ordered_like(values: dict[str, Any], template: Any) -> dict[str, Any]:
     return ordered
 
 
-def to_yaml(config: ml_collections.ConfigDict) -> str:
-    """The config as YAML text, keys in the order of defaults.yaml."""
-    values = _ordered_like(config.to_dict(), _read_yaml(DEFAULTS_FILE))
-    return yaml.safe_dump(values, sort_keys=False, default_flow_style=False)
+def to_yaml(config: ml_collections.ConfigDict | RunConfig) -> str:
+    """The config as YAML text, keys in the order of defaults.yaml (a RunConfig's facts and derived last)."""
+    values = config.to_dict()
+    values = _ordered_like(values, _read_yaml(DEFAULTS_FILE))
+    return yaml.safe_dump(values, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def load_config_file(path: str) -> ml_collections.ConfigDict:
+def _facts_of(values: Mapping[str, Any], path: str) -> Facts:
+    """The `facts:` of a config file; a file written before they were recorded gives what it implies."""
+    facts = values.get("facts")
+    if isinstance(facts, Mapping):
+        try:
+            return settings.build(Facts, facts)
+        except (KeyError, TypeError) as error:
+            raise UserError(f"{path}: its facts: section is incomplete ({error})") from None
+    model, train = values.get("model") or {}, values.get("train") or {}
+    if model.get("num_classes") is None or train.get("steps_per_epoch") is None:
+        raise UserError(f"{path} is not a resolved config (it has no facts: and no model.num_classes / "
+                        "train.steps_per_epoch)")
+    return Facts(int(model["num_classes"]), int(train["steps_per_epoch"]) * int(train.get("batch_size") or 1))
+
+
+def from_yaml_values(values: Any, origin: str) -> RunConfig:
+    """A RunConfig from the parsed text of a config file, strictly against today's defaults."""
+    if not isinstance(values, Mapping) or "model" not in values:
+        raise UserError(f"{origin} is not a config written by training (no model: section)")
+    layered = default_config()
+    merge(layered, values, origin)
+    facts = _facts_of(values, origin)
+    return resolve(layered, num_classes=facts.num_classes, num_train=facts.num_train, device_type=facts.device_type,
+                   num_replicas=facts.num_replicas)
+
+
+def load_config_file(path: str) -> RunConfig:
     """Parse a resolved config file (a run's config.yaml), strictly against today's defaults.
 
     `efficientnet_tf.rundir.RunDir.read_config` is how a run's config is read; this is its parser.
@@ -347,83 +371,36 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
     if not tf.io.gfile.exists(path):
         raise UserError(f"config file {path} does not exist")
-    values = _read_yaml(path)
-    if not isinstance(values, Mapping) or "model" not in values:
-        raise UserError(f"{path} is not a config written by training (no model: section)")
-    config = default_config()
-    merge(config, values, path)
-    return config
+    return from_yaml_values(_read_yaml(path), path)
 
 
-def differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
-    """Keys whose values differ between two configs: {key: (a value, b value)}."""
+def with_overrides(config: RunConfig, overrides: Sequence[str] = (), flag_values: Mapping[str, Any] | None = None,
+                   origin: str = "the run's config") -> RunConfig:
+    """`config` with --hparams overrides and explicit flag values on top, re-resolved against its own facts.
+
+    A null means "derive", as in a layer file: the value is derived again, as the run derived it.
+    """
+    layered = default_config()
+    merge(layered, config.settings(), origin)
+    apply_overrides(layered, overrides)
+    for key, value in (flag_values or {}).items():
+        set_value(layered, key, value, f"flag for {key}")
+    facts = config.facts
+    return resolve(layered, num_classes=facts.num_classes, num_train=facts.num_train, device_type=facts.device_type,
+                   num_replicas=facts.num_replicas)
+
+
+def replace(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """`config` with some settings changed ({dotted key: value}), re-resolved against its own facts.
+
+    Values the config derived stay as they were unless they are set too: None derives one again (a new
+    train.batch_size with train.steps_per_epoch=None gives the steps of the new batch).
+    """
+    return with_overrides(config, (), values)
+
+
+def differences(a: ml_collections.ConfigDict | RunConfig, b: ml_collections.ConfigDict | RunConfig
+                ) -> dict[str, tuple[Any, Any]]:
+    """Settings whose values differ between two configs: {key: (a value, b value)}."""
     fa, fb = flatten(a), flatten(b)
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
-
-
-def resolve(config: ml_collections.ConfigDict, *, num_classes: int, num_train: int) -> ml_collections.ConfigDict:
-    """Fill the derived (null) values from the variant table and the dataset; returns a copy."""
-    resolved = ml_collections.ConfigDict(config.to_dict())
-    resolved.lock()
-    variant = get_variant(resolved.model.name)
-    model, data, train = resolved.model, resolved.data, resolved.train
-    if model.image_size is None:
-        model.image_size = int(variant.resolution)
-    if model.dropout_rate is None:
-        model.dropout_rate = float(variant.dropout_rate)
-    if model.drop_connect_rate is None:
-        model.drop_connect_rate = DEFAULT_DROP_CONNECT_RATE
-    if data.resize_method is None:
-        data.resize_method = variant.resize_method
-    if model.num_classes is None:
-        model.num_classes = int(num_classes)
-    elif int(model.num_classes) != int(num_classes):
-        raise UserError(
-            f"model.num_classes={model.num_classes} but dataset {data.dataset} has {num_classes} classes; "
-            "drop the override"
-        )
-    _check_augment_backend(resolved)
-    if int(train.batch_size) < 1:
-        raise UserError(f"batch size must be at least 1, got {train.batch_size}")
-    if train.steps_per_epoch is None:
-        if num_train < int(train.batch_size):
-            raise UserError(
-                f"batch size {train.batch_size} is larger than the {num_train} training images of "
-                f"{data.dataset}; use a smaller --batch_size"
-            )
-        train.steps_per_epoch = int(num_train) // int(train.batch_size)
-    if train.train_steps is None:
-        train.train_steps = max(1, int(round(float(train.epochs) * int(train.steps_per_epoch))))
-    if resolved.eval.batch_size is None:
-        resolved.eval.batch_size = int(train.batch_size)
-    for key in ("train.train_steps", "train.steps_per_epoch", "model.image_size", "train.log_every_steps",
-                "train.checkpoint_every_steps", "train.keep_checkpoints"):
-        section, name = key.split(".")
-        if int(resolved[section][name]) < 1:
-            raise UserError(f"{key} must be at least 1, got {resolved[section][name]}")
-    return resolved
-
-
-def _check_augment_backend(config: ml_collections.ConfigDict) -> None:
-    """data.augment_backend=keras_cv: refuse, in one line, what keras-cv's RandAugment cannot run
-    (the reasons are in data/augment_keras_cv.py)."""
-    data, train = config.data, config.train
-    if data.augment_backend != "keras_cv" or data.augment == "none":
-        return
-    prefix = "data.augment_backend=keras_cv"
-    if data.augment != "randaugment":
-        raise UserError(f"{prefix} runs RandAugment only; keras-cv has no {data.augment!r} policy: "
-                        "set data.augment=randaugment or data.augment_backend=native")
-    if data.augment_on_device:
-        raise UserError(f"{prefix} cannot run with data.augment_on_device=true: keras-cv's Equalization op "
-                        "(HistogramFixedWidth) has no XLA kernel; augment on the host or use native")
-    if train.deterministic:
-        raise UserError(f"{prefix} cannot give train.deterministic=true: keras-cv's RandAugment draws from "
-                        "stateful generators, not per-image seeds; use data.augment_backend=native")
-    magnitudes = [float(data.randaug_magnitude)]
-    if int(train.progressive.stages) > 0:
-        magnitudes.append(float(train.progressive.randaug_magnitude_start))
-    for magnitude in magnitudes:
-        if not 0.0 <= magnitude <= 10.0:
-            raise UserError(f"{prefix} takes RandAugment magnitudes from 0 to 10 (keras-cv's 0..1), "
-                            f"got {magnitude:g}")

@@ -25,7 +25,7 @@ from efficientnet_tf import app, hparams, model_io, training
 from efficientnet_tf.data import synthetic_dataset_fn
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.rundir import RunDir
-from efficientnet_tf.training import loop as training_loop
+from efficientnet_tf.training.step import batch_norm_statistics
 from efficientnet_tf.training import strategy as strategy_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ def test_mixed_float16_scales_the_loss_and_skips_an_overflowing_step(tmp_path: p
         trainer.time_steps(1, warmup_steps=0)  # an ordinary first step at the initial scale, 2 ** 15
         assert float(optimizer.dynamic_scale.numpy()) in (2.0 ** 15, 2.0 ** 14)  # halved if it overflowed
         trainable = trainer.model.trainable_variables
-        before, bn_before = _weights(trainable), _weights(trainer._bn_stats)
+        before, bn_before = _weights(trainable), _weights(batch_norm_statistics(trainer.model))
 
         # Force an overflow: a loss scale so large that the float16 gradients become infinite.
         optimizer.dynamic_scale.assign(2.0 ** 40)
@@ -94,7 +94,7 @@ def test_mixed_float16_scales_the_loss_and_skips_an_overflowing_step(tmp_path: p
         assert float(optimizer.dynamic_scale.numpy()) == 2.0 ** 39  # the scale moved down
         for old, new in zip(before, _weights(trainable)):
             np.testing.assert_array_equal(old, new)  # the step was skipped
-        bn_after = _weights(trainer._bn_stats)
+        bn_after = _weights(batch_norm_statistics(trainer.model))
         assert all(np.isfinite(v).all() for v in bn_after + _weights(trainer.ema.shadows))
         assert any(not np.array_equal(a, b) for a, b in zip(bn_before, bn_after))  # the forward pass ran
         assert int(trainer.step.numpy()) == 2
@@ -122,8 +122,10 @@ def test_mixed_precision_checkpoint_evaluates_and_exports_in_float32(tmp_path: p
         float_config = app.run_config(str(tmp_path), ["runtime.mixed_precision=float32"])
         exported = None
         if policy == "mixed_float16":  # the export code does not depend on the training precision
-            exported = app.export(float_config, str(tmp_path), formats=["saved_model"], calibration_images=4,
-                                  eval_images=16)
+            exported = app.export(app.run_config(str(tmp_path), ["runtime.mixed_precision=float32",
+                                                                 "export.formats=saved_model",
+                                                                 "export.calibration_images=4,export.eval_images=16"]),
+                                  str(tmp_path))
         evaluated = app.evaluate(float_config, str(tmp_path))
         assert keras.mixed_precision.global_policy().name == "float32"
     finally:
@@ -169,7 +171,7 @@ def test_xla_step_equals_the_plain_step(tmp_path: pathlib.Path) -> None:
     for jit in (False, True):
         keras.utils.set_random_seed(7)  # the same initial weights for both
         trainer = _small_trainer(tmp_path / str(jit), jit, "data.augment_on_device=false")
-        assert trainer.jit_compile is jit
+        assert trainer.config.runtime.jit_compile is jit
         initial = _weights(trainer.model.variables)
         trainer.time_steps(2, warmup_steps=0)
         results[jit] = (initial, _weights(trainer.model.variables), _weights(trainer.ema.shadows))
@@ -184,7 +186,7 @@ def test_xla_step_equals_the_plain_step(tmp_path: pathlib.Path) -> None:
 def test_xla_trains_with_device_augmentation_mixup_and_cutmix(tmp_path: pathlib.Path) -> None:
     trainer = _small_trainer(tmp_path, True, "data.augment_on_device=true", "data.augment=autoaugment",
                              "data.mixup_alpha=0.2,data.cutmix_alpha=1.0")
-    assert trainer._device_augment is not None and trainer.jit_compile
+    assert trainer.step_fn.device_augment is not None and trainer.config.runtime.jit_compile
     before = _weights(trainer.model.trainable_variables)
     result = trainer.train()
     assert result.step == 3 and np.isfinite(result.train_metrics["loss"])
@@ -228,7 +230,7 @@ def _mirrored_xla_worker(out: str, model_dir: str) -> None:
     moved = max(float(np.abs(np.array(v.value.values[0]) - b).max())
                 for v, b in zip(trainer.model.trainable_variables, before))
     pathlib.Path(out).write_text(json.dumps({
-        "num_replicas": info.num_replicas, "jit_compile": trainer.jit_compile, "step": result.step,
+        "num_replicas": info.num_replicas, "jit_compile": trainer.config.runtime.jit_compile, "step": result.step,
         "policy": keras.mixed_precision.global_policy().name, "max_replica_difference": worst,
         "weights_moved": moved}))
 
@@ -285,9 +287,9 @@ def test_tpu_strategy_selection_with_a_stub_resolver(stub_tpu: list[str]) -> Non
     assert (info.kind, info.device_type, info.num_replicas, info.is_chief) == ("tpu", "TPU", 8, True)
     assert stub_tpu == ["resolve my-tpu", "connect my-tpu", "initialize my-tpu"]
     # What the TPU path then uses: bfloat16, XLA, 1000 steps per call, batches split over 8 cores.
-    assert training.precision_policy("auto", info.device_type) == "mixed_bfloat16"
-    assert training.use_xla("auto", info.device_type) is True
-    assert training_loop.DEFAULT_STEPS_PER_LOOP[info.device_type] == 1000
+    assert hparams.precision_policy("auto", info.device_type) == "mixed_bfloat16"
+    assert hparams.use_xla("auto", info.device_type) is True
+    assert hparams.DEFAULT_STEPS_PER_LOOP[info.device_type] == 1000
     assert training.check_batch_size(1024, info) == 128
     with pytest.raises(UserError, match="multiple of 8"):
         training.check_batch_size(1020, info)

@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, list[list[str]]]] = [
                              ["efficientnet_tf.gradcam"], ["efficientnet_tf.data"]]),
     ("models from runs", [["efficientnet_tf.model_io"]]),
     ("training, export", [["efficientnet_tf.training"], ["efficientnet_tf.export"]]),
+    ("prediction", [["efficientnet_tf.prediction"]]),
     ("application", [["efficientnet_tf.app"]]),
     ("scaling study", [["efficientnet_tf.study"]]),
     ("command line", [["efficientnet_tf.cli", "efficientnet_tf.__main__", "=efficientnet_tf"]]),
@@ -47,6 +48,8 @@ LAYERS: list[tuple[str, list[list[str]]]] = [
 DEFERRED = {
     ("efficientnet_tf.cli", "efficientnet_tf.app"): "TensorFlow starts only after the flags are checked",
     ("efficientnet_tf.cli", "efficientnet_tf.training"): "TensorFlow starts only after the flags are checked",
+    ("efficientnet_tf.cli", "efficientnet_tf.export"): "TensorFlow starts only after the flags are checked",
+    ("efficientnet_tf.cli", "efficientnet_tf.prediction"): "TensorFlow starts only after the flags are checked",
 }
 LAZY_TABLES = ("_LAZY", "LAZY_NAMES")  # a package __init__'s {public name: module} tables, loaded on first use
 

@@ -439,8 +439,8 @@ def test_augment_on_device_leaves_the_host_pipeline_decode_crop_flip_resize():
                                    "model.image_size=32,train.batch_size=4,train.seed=3,train.deterministic=true"])
     source = app.load_source(config)
     config = hparams.resolve(config, num_classes=source.num_classes, num_train=source.num_train)
-    train_fn, _ = app.dataset_functions(config, source)
-    images, labels = next(iter(train_fn(tf.distribute.InputContext())))
+    train_fn = training.inputs.train_dataset_fn(config, source)
+    images, labels = next(iter(train_fn(tf.distribute.InputContext(), config.derived.stages[0])))
     plain = build_train_dataset(source, image_size=32, batch_size=4, resize_method=config.data.resize_method,
                                 augment="none", randaug_num_layers=2, randaug_magnitude=10, mixup_alpha=0.0,
                                 cutmix_alpha=0.0, min_crop_area=float(config.data.min_crop_area), seed=3,
@@ -466,7 +466,7 @@ def _train_tiny(model_dir: str, on_device: bool, image_summary: bool = False) ->
     config = hparams.resolve(hparams.build_config(TRAIN_OVERRIDES + [switches]), num_classes=4, num_train=16)
     trainer = training.Trainer(config, training.create_strategy("default"), model_dir,
                                train_dataset_fn=synthetic_dataset_fn(32, 4, 8, seed=3))
-    assert (trainer._device_augment is not None) == on_device
+    assert (trainer.step_fn.device_augment is not None) == on_device
     assert trainer.train().step == 2
     return [np.array(v.numpy()) for v in trainer.model.trainable_variables]
 

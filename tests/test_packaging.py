@@ -66,7 +66,7 @@ def test_wheel_holds_one_top_level_package_and_its_files(wheel: pathlib.Path) ->
     assert "efficientnet-tf = efficientnet_tf.cli:run" in entry_points
     for required in ("efficientnet_tf/hparams/defaults.yaml", "efficientnet_tf/hparams/imagenette.yaml",
                      "efficientnet_tf/hparams/datasets/imagenette_mini.yaml", "efficientnet_tf/data/pipeline.py",
-                     "efficientnet_tf/data/sources/folder.py", "efficientnet_tf/export/tflite.py",
+                     "efficientnet_tf/data/sources/folder.py", "efficientnet_tf/export/formats/tflite_int8.py",
                      "efficientnet_tf/data/imagenette_mini/classes.tsv"):
         assert required in names, required
     photos = [n for n in names if n.startswith("efficientnet_tf/data/imagenette_mini/") and n.endswith(".jpg")]

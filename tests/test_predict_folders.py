@@ -16,8 +16,9 @@ import pytest
 import tensorflow as tf
 
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.export import common
-from efficientnet_tf.export import predict as predictions
+from efficientnet_tf import prediction as predictions
+from efficientnet_tf.export.files import write_labels_file
+from efficientnet_tf.export.images import preprocess_batch
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SIZE = 32
@@ -35,7 +36,7 @@ def keras_file(tmp_path_factory) -> str:
     model = keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(x), name="tiny")
     folder = tmp_path_factory.mktemp("model")
     model.save(folder / "tiny.keras")
-    common.write_labels_file(str(folder / "labels.txt"), CLASSES)
+    write_labels_file(str(folder / "labels.txt"), CLASSES)
     return str(folder / "tiny.keras")
 
 
@@ -76,7 +77,7 @@ def test_folder_rows_match_the_model_and_bad_files_are_listed(keras_file, photo_
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     assert [line["path"] for line in lines] == good
     model = keras.saving.load_model(keras_file)
-    images = common.preprocess_batch([open(p, "rb").read() for p in good], SIZE, "bicubic")
+    images = preprocess_batch([open(p, "rb").read() for p in good], SIZE, "bicubic")
     expected = model.predict(images, verbose=0)
     for line, probs in zip(lines, expected):
         order = np.argsort(-probs)[:2]

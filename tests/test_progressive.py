@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from efficientnet_tf import hparams
 from efficientnet_tf.errors import EXIT_PREEMPTED, UserError
-from efficientnet_tf.training.progressive import ProgressiveSchedule
+from efficientnet_tf.hparams import Stage
+from efficientnet_tf.training.phases import next_stage_change, stage_at
 
 from test_faults import Trainer, command, preempted_step, run, weights
 
@@ -21,29 +22,31 @@ STAGES = ("--hparams=train.progressive.stages=3,train.progressive.image_size_sta
           "train.progressive.dropout_rate_start=0.3,model.dropout_rate=0.1,model.image_size=48")
 
 
-def _schedule(overrides: str, total: int = 900) -> ProgressiveSchedule | None:
-    config = hparams.resolve(hparams.build_config([overrides]), num_classes=10, num_train=8000)
-    return ProgressiveSchedule.from_config(config, total)
+def _stages(overrides: str, total: int = 900) -> tuple[Stage, ...] | None:
+    """The resolved training stages of a config (None when it trains in one stage)."""
+    config = hparams.resolve(hparams.build_config([overrides, f"train.train_steps={total}"]), num_classes=10,
+                             num_train=8000)
+    return config.derived.stages if config.derived.progressive else None
 
 
 def test_stages_grow_linearly_from_the_start_values_to_the_runs_own() -> None:
-    schedule = _schedule("model.image_size=224,model.dropout_rate=0.3,data.randaug_magnitude=15,"
-                         "data.mixup_alpha=0.2,train.progressive.stages=4,train.progressive.image_size_start=128,"
-                         "train.progressive.dropout_rate_start=0.1")
-    sizes = [s.image_size for s in schedule.stages]
+    stages = _stages("model.image_size=224,model.dropout_rate=0.3,data.randaug_magnitude=15,"
+                     "data.mixup_alpha=0.2,train.progressive.stages=4,train.progressive.image_size_start=128,"
+                     "train.progressive.dropout_rate_start=0.1")
+    sizes = [s.image_size for s in stages]
     assert sizes == [128, 160, 192, 224]
-    assert [s.randaug_magnitude for s in schedule.stages] == pytest.approx([5, 25 / 3, 35 / 3, 15])
-    assert [s.mixup_alpha for s in schedule.stages] == pytest.approx([0, 0.2 / 3, 0.4 / 3, 0.2])
-    assert [s.dropout_rate for s in schedule.stages] == pytest.approx([0.1, 0.1 + 0.2 / 3, 0.1 + 0.4 / 3, 0.3])
-    assert [(s.start_step, s.end_step) for s in schedule.stages] == [(0, 225), (225, 450), (450, 675), (675, 900)]
-    assert schedule.stage_at(0).index == 0 and schedule.stage_at(224).index == 0 and schedule.stage_at(225).index == 1
-    assert schedule.stage_at(899).index == 3 and schedule.stage_at(900).index == 3
-    assert schedule.next_change(0) == 225 and schedule.next_change(700) is None
-    half = _schedule("model.image_size=224,train.progressive.stages=2")
-    assert [s.image_size for s in half.stages] == [112, 224]  # image_size_start null: half the final size
-    assert _schedule("train.progressive.stages=0") is None
-    below = _schedule("model.image_size=160,train.progressive.stages=3,train.progressive.image_size_end=128")
-    assert [s.image_size for s in below.stages] == [64, 96, 128]  # trains up to 128 px, evaluates at 160
+    assert [s.randaug_magnitude for s in stages] == pytest.approx([5, 25 / 3, 35 / 3, 15])
+    assert [s.mixup_alpha for s in stages] == pytest.approx([0, 0.2 / 3, 0.4 / 3, 0.2])
+    assert [s.dropout_rate for s in stages] == pytest.approx([0.1, 0.1 + 0.2 / 3, 0.1 + 0.4 / 3, 0.3])
+    assert [(s.start_step, s.end_step) for s in stages] == [(0, 225), (225, 450), (450, 675), (675, 900)]
+    assert stage_at(stages, 0).index == 0 and stage_at(stages, 224).index == 0 and stage_at(stages, 225).index == 1
+    assert stage_at(stages, 899).index == 3 and stage_at(stages, 900).index == 3
+    assert next_stage_change(stages, 0) == 225 and next_stage_change(stages, 700) is None
+    half = _stages("model.image_size=224,train.progressive.stages=2")
+    assert [s.image_size for s in half] == [112, 224]  # image_size_start null: half the final size
+    assert _stages("train.progressive.stages=0") is None
+    below = _stages("model.image_size=160,train.progressive.stages=3,train.progressive.image_size_end=128")
+    assert [s.image_size for s in below] == [64, 96, 128]  # trains up to 128 px, evaluates at 160
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -57,7 +60,7 @@ def test_stages_grow_linearly_from_the_start_values_to_the_runs_own() -> None:
 ])
 def test_bad_settings_are_one_line_errors(overrides: str, message: str) -> None:
     with pytest.raises(UserError, match=re.escape(message)):
-        _schedule(overrides)
+        _stages(overrides)
 
 
 @pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier

@@ -88,7 +88,7 @@ def _constant_batches(signal_at: int | None = None):
                 os.kill(os.getpid(), signal.SIGTERM)  # handled by the trainer's handler, in the main thread
             yield images, labels
 
-    def dataset_fn(_context):
+    def dataset_fn(_context, _stage=None):
         return tf.data.Dataset.from_generator(batches, output_signature=(
             tf.TensorSpec((4, 32, 32, 3), tf.float32), tf.TensorSpec((4, 3), tf.float32)))
 

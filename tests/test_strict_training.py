@@ -51,7 +51,7 @@ def _fixed_batch(seed: int, uniform_labels: bool = False) -> tuple[np.ndarray, n
 def _dataset_fn(images: np.ndarray, labels: np.ndarray):
     """The same global batch every step, split into per-replica batches in order."""
 
-    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    def dataset_fn(context: tf.distribute.InputContext, stage=None) -> tf.data.Dataset:
         batch = context.get_per_replica_batch_size(len(images)) if context else len(images)
         return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch).repeat()
 

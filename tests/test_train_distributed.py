@@ -121,6 +121,7 @@ def _worker(kind: str, out: str, model_dir: str) -> None:
 
     from efficientnet_tf import training
     from efficientnet_tf.data import synthetic_dataset_fn
+    from efficientnet_tf.training.step import batch_norm_statistics
 
     keras.utils.set_random_seed(1)
     info = training.create_strategy(kind, cpu_devices=2 if kind == "mirrored" else 1)
@@ -134,7 +135,7 @@ def _worker(kind: str, out: str, model_dir: str) -> None:
     moved = max(float(np.abs(np.array(v.value.read_value()) - a).max())
                 for v, a in zip(trainer.model.trainable_variables, initial))
     if kind == "mirrored":
-        bn_ids = {id(v) for v in trainer._bn_stats}
+        bn_ids = {id(v) for v in batch_norm_statistics(trainer.model)}
         worst, worst_name, bn_checked, ema_checked = 0.0, "", 0, 0
         named = [(v.path, v.value) for v in trainer.model.variables]
         named += [(f"ema/{i}", s) for i, s in enumerate(trainer.ema.shadows)]

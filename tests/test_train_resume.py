@@ -105,7 +105,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: pathlib.Path) -
     )
     good = synthetic_dataset_fn(32, 3, 4, seed=1)
 
-    def poisoned(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    def poisoned(context: tf.distribute.InputContext, stage=None) -> tf.data.Dataset:
         nan_images = good(context).map(lambda x, y: (x * float("nan"), y))
         return good(context).take(bad_from_step - 1).concatenate(nan_images)
 

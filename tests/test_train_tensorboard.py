@@ -63,7 +63,7 @@ def test_train_scalars_images_and_hparams(run: dict) -> None:
     assert all(0.0 <= v <= 1.0 for _, v in scalars["top1"])
     assert all(v > 0 for _, v in scalars["images_per_second"])
     # The logged rate is the one the optimizer used for the last step of each window.
-    schedule = training.build_schedule(run["config"].train, 3, 6)
+    schedule = training.build_schedule(run["config"])
     for step, rate in scalars["learning_rate"]:
         assert rate == pytest.approx(float(schedule(step - 1)))
     images = [tag for tag in train.Tags()["tensors"] if "augmented_images" in tag]

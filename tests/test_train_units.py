@@ -13,45 +13,47 @@ import tensorflow as tf
 from efficientnet_tf import hparams
 from efficientnet_tf import build_model, training
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.training import loop, schedules, strategy
+from efficientnet_tf.training import schedules, strategy
+from efficientnet_tf.training import step as train_step
 from efficientnet_tf.data import synthetic_dataset_fn
 from efficientnet_tf import model_io
 from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.training.checkpoints import CheckpointKeeper
 
 
-def _reference_config(**train_overrides):
-    config = hparams.build_config([], {"data.dataset": "imagenet"})
-    for key, value in train_overrides.items():
-        config.train[key] = value
-    return config
+def _reference_config(steps_per_epoch: int = 100, total_steps: int = 35000, **train_overrides):
+    """The reference recipe resolved for ImageNet with `steps_per_epoch` and `total_steps`."""
+    layered = hparams.build_config([], {"data.dataset": "imagenet"})
+    for key, value in {**train_overrides, "steps_per_epoch": steps_per_epoch, "train_steps": total_steps}.items():
+        layered.train[key] = value
+    return hparams.resolve(layered, num_classes=1000, num_train=steps_per_epoch * layered.train.batch_size)
 
 
 def test_reference_schedule_warmup_then_staircase_decay() -> None:
-    config = _reference_config(batch_size=2048)
     steps_per_epoch = 100
-    schedule = training.build_schedule(config.train, steps_per_epoch, total_steps=350 * steps_per_epoch)
+    config = _reference_config(steps_per_epoch, 350 * steps_per_epoch, batch_size=2048)
+    schedule = training.build_schedule(config)
     peak = 0.016 * 2048 / 256
-    assert training.peak_learning_rate(0.016, 2048) == pytest.approx(0.128)
+    assert hparams.peak_learning_rate(0.016, 2048) == pytest.approx(0.128)
     assert float(schedule(0)) == 0.0
     assert float(schedule(250)) == pytest.approx(peak * 250 / 500)  # linear warmup over 5 epochs
     # After warmup: peak x 0.97^floor(step / 240), decay counted from step 0 as in the reference.
     for step in (500, 719, 720, 5000, 34999):
         expected = peak * 0.97 ** math.floor(step / 240)
         assert float(schedule(step)) == pytest.approx(expected, rel=1e-5), step
-    smooth = training.build_schedule(_reference_config(batch_size=2048, lr_staircase=False).train, 100, 35000)
+    smooth = training.build_schedule(_reference_config(100, 35000, batch_size=2048, lr_staircase=False))
     assert float(smooth(600)) == pytest.approx(peak * 0.97 ** (600 / 240), rel=1e-6)
 
 
 def test_cosine_and_constant_schedules() -> None:
-    config = _reference_config(batch_size=256, lr_schedule="cosine", warmup_epochs=1.0, min_learning_rate=1e-4)
-    schedule = training.build_schedule(config.train, 10, total_steps=110)
+    config = _reference_config(10, 110, batch_size=256, lr_schedule="cosine", warmup_epochs=1.0, min_learning_rate=1e-4)
+    schedule = training.build_schedule(config)
     assert float(schedule(5)) == pytest.approx(0.016 * 0.5)
     assert float(schedule(10)) == pytest.approx(0.016)
     assert float(schedule(60)) == pytest.approx(1e-4 + 0.5 * (0.016 - 1e-4))
     assert float(schedule(110)) == pytest.approx(1e-4)
-    constant = training.build_schedule(_reference_config(batch_size=256, lr_schedule="constant",
-                                                         warmup_epochs=0.0).train, 10, 100)
+    constant = training.build_schedule(_reference_config(10, 100, batch_size=256, lr_schedule="constant",
+                                                         warmup_epochs=0.0))
     assert [float(constant(s)) for s in (0, 50, 99)] == pytest.approx([0.016] * 3)
     with pytest.raises(UserError, match="unknown lr_schedule"):
         training.WarmupDecay(0.1, kind="linear")
@@ -64,9 +66,9 @@ def test_optimizer_is_the_reference_rmsprop() -> None:
     assert (optimizer.rho, optimizer.momentum, optimizer.epsilon) == (0.9, 0.9, 1e-3)
     scaled = training.build_optimizer(config.train, 0.1, loss_scaling=True)
     assert isinstance(scaled, keras.optimizers.LossScaleOptimizer)
-    config.train.optimizer = "adamw"
+    config = hparams.replace(config, {"train.optimizer": "adamw"})
     assert isinstance(training.build_optimizer(config.train, 0.1), keras.optimizers.AdamW)
-    config.train.optimizer = "lamb"
+    config = hparams.replace(config, {"train.optimizer": "lamb"})
     with pytest.raises(UserError, match="unknown optimizer"):
         training.build_optimizer(config.train, 0.1)
 
@@ -105,7 +107,7 @@ def test_ema_averages_weights_and_batch_norm_statistics_with_the_ramp() -> None:
 
 def test_weight_decay_skips_batch_norm_only() -> None:
     model = _tiny_model()
-    decayed = loop._decayed_variables(model)
+    decayed = train_step.decayed_variables(model)
     names = [v.path for v in decayed]
     assert not any("_bn/" in n or n.startswith("stem_bn") for n in names)
     assert any(n.endswith("kernel") for n in names) and any("predictions/bias" in n for n in names)
@@ -150,15 +152,15 @@ def test_batch_size_must_split_across_replicas() -> None:
 
 
 def test_precision_and_xla_follow_the_device() -> None:
-    assert training.precision_policy("auto", "TPU") == "mixed_bfloat16"
-    assert training.precision_policy("auto", "GPU") == "mixed_float16"
-    assert training.precision_policy("auto", "CPU") == "float32"
-    assert training.precision_policy("mixed_float16", "CPU") == "mixed_float16"
+    assert hparams.precision_policy("auto", "TPU") == "mixed_bfloat16"
+    assert hparams.precision_policy("auto", "GPU") == "mixed_float16"
+    assert hparams.precision_policy("auto", "CPU") == "float32"
+    assert hparams.precision_policy("mixed_float16", "CPU") == "mixed_float16"
     with pytest.raises(UserError):
-        training.precision_policy("float8", "CPU")
-    assert training.use_xla("auto", "CPU") is False
-    assert training.use_xla("auto", "GPU") is True and training.use_xla("auto", "TPU") is True
-    assert training.use_xla("true", "CPU") is True and training.use_xla(False, "GPU") is False
+        hparams.precision_policy("float8", "CPU")
+    assert hparams.use_xla("auto", "CPU") is False
+    assert hparams.use_xla("auto", "GPU") is True and hparams.use_xla("auto", "TPU") is True
+    assert hparams.use_xla("true", "CPU") is True and hparams.use_xla(False, "GPU") is False
 
 
 def test_strategy_argument_errors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -204,18 +206,17 @@ def test_image_grid_and_progress_lines() -> None:
 
 
 def test_profile_steps_parsing() -> None:
-    assert loop.parse_profile_steps("10,20") == (10, 20)
-    assert loop.parse_profile_steps(None) is None
+    assert hparams.parse_profile_steps("10,20") == (10, 20)
+    assert hparams.parse_profile_steps(None) is None
     for bad in ("20,10", "x", "1,2,3"):
         with pytest.raises(UserError):
-            loop.parse_profile_steps(bad)
+            hparams.parse_profile_steps(bad)
 
 
 def test_strategy_names_match_the_command_line() -> None:
     from efficientnet_tf import cli
 
     assert cli.STRATEGIES == strategy.STRATEGY_KINDS
-    assert cli.PRECISIONS == strategy.PRECISIONS
     assert set(schedules.OPTIMIZERS) >= {"rmsprop"}
 
 
@@ -229,13 +230,13 @@ def test_init_weights_fine_tunes_with_a_new_class_count(tmp_path) -> None:
     config = hparams.resolve(
         hparams.build_config(["model.width_coefficient=0.25,model.depth_coefficient=0.25,model.image_size=32",
                               "train.batch_size=4,train.train_steps=2,train.steps_per_epoch=2,train.image_summary=false",
-                              "train.ema_decay=0.99"]),
+                              "train.ema_decay=0.99"], {"train.init_weights": weights_file}),
         num_classes=3, num_train=8,
     )
     info = training.create_strategy("default")
     data_fn = synthetic_dataset_fn(32, 3, 4, seed=4)
     run_dir = str(tmp_path / "run")
-    trainer = training.Trainer(config, info, run_dir, train_dataset_fn=data_fn, init_weights=weights_file)
+    trainer = training.Trainer(config, info, run_dir, train_dataset_fn=data_fn)
     stem = np.array(source.get_layer("stem_conv").kernel.value)
     np.testing.assert_array_equal(np.array(trainer.model.get_layer("stem_conv").kernel.value), stem)
     index = [i for i, v in enumerate(training.averaged_variables(trainer.model))
@@ -243,8 +244,8 @@ def test_init_weights_fine_tunes_with_a_new_class_count(tmp_path) -> None:
     np.testing.assert_array_equal(trainer.ema.shadows[index].numpy(), stem)  # the average starts there too
     assert trainer.model.get_layer("predictions").kernel.shape[-1] == 3
     trainer.train()
-    config.train.train_steps = 3
-    resumed = training.Trainer(config, info, run_dir, train_dataset_fn=data_fn, init_weights=weights_file)
+    config = hparams.replace(config, {"train.train_steps": 3})
+    resumed = training.Trainer(config, info, run_dir, train_dataset_fn=data_fn)
     resumed.train()
     trained = tf.train.load_checkpoint(tf.train.latest_checkpoint(run_dir + "/checkpoints"))
     assert int(trained.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")) == 3

@@ -31,7 +31,7 @@ import yaml
 import efficientnet_tf as et
 from efficientnet_tf import app, hparams, model_io, training
 from efficientnet_tf.data import synthetic_dataset_fn
-from efficientnet_tf.export import load_predictor
+from efficientnet_tf.prediction import load_predictor
 from efficientnet_tf.models.normalization import normalization_of, set_normalization
 from efficientnet_tf.models.weights import fetch, published
 from efficientnet_tf.rundir import RunDir
@@ -94,8 +94,7 @@ def _one_line(error) -> str:
 
 def _restored(run: pathlib.Path, built_with: str) -> keras.Model:
     """The run's latest checkpoint restored into a model built with the `built_with` input normalisation."""
-    config = RunDir(str(run)).read_config()
-    config.model.normalization = built_with
+    config = hparams.replace(RunDir(str(run)).read_config(), {"model.normalization": built_with})
     model = model_io.build_model_from_config(config, classifier_activation="softmax")
     model_io.restore_weights(model, RunDir(str(run)).checkpoint(None))
     return model
@@ -124,7 +123,8 @@ def test_advprop_run_records_normalization_and_the_run_predicts_with_it(advprop_
     config = app.layered_config([TINY, "model.dropout_rate=0,train.image_summary=false,train.ema_decay=0"],
                                 {"data.dataset": "synthetic", "train.batch_size": 4, "train.train_steps": 1})
     assert config.model.get("normalization") is None  # set by the weights name, not by the test
-    app.train(config, model_dir=str(run), evaluate=False, init_weights="advprop")
+    hparams.set_value(config, "train.init_weights", "advprop", "--init_weights")
+    app.train(config, model_dir=str(run), evaluate=False)
 
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     assert recorded["model"]["normalization"] == "advprop"

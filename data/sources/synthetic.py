@@ -9,6 +9,7 @@ fixed batches, for tests and throughput measurements of the training step alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -69,8 +70,9 @@ def synthetic_dataset_fn(
     distinct_batches: int = 8,
     eval: bool = False,
     eval_examples: int = 64,
-) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
-    """A dataset function yielding per-replica batches of fixed random data.
+) -> Callable[..., tf.data.Dataset]:
+    """A dataset function yielding per-replica batches of fixed random data (a training stage, when given,
+    is ignored: the images have one size).
 
     Training: `distinct_batches` different batches repeated forever, one-hot labels. Eval: one
     pass over `eval_examples` images with integer labels. Labels depend on the image (the
@@ -82,7 +84,7 @@ def synthetic_dataset_fn(
         labels = tf.argmax(tf.reduce_mean(images, axis=[1, 2]), axis=-1, output_type=tf.int32) % num_classes
         return images, labels
 
-    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    def dataset_fn(context: tf.distribute.InputContext, stage: Any = None) -> tf.data.Dataset:
         batch = context.get_per_replica_batch_size(global_batch) if context else global_batch
         pipeline = context.input_pipeline_id if context else 0
         if eval:

@@ -8,8 +8,10 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-BN_MOMENTUM = 0.99
-BN_EPSILON = 1e-3
+from efficientnet_tf.models import scaling
+
+BN_MOMENTUM = scaling.BATCH_NORM_MOMENTUM
+BN_EPSILON = scaling.BATCH_NORM_EPSILON
 
 
 class ConvKernelInitializer(keras.initializers.Initializer):

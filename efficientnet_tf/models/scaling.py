@@ -15,6 +15,8 @@ STEM_FILTERS = 32
 HEAD_FILTERS = 1280
 SE_RATIO = 0.25
 DEFAULT_DROP_CONNECT_RATE = 0.2
+BATCH_NORM_MOMENTUM = 0.99  # Keras convention (moving = moving * momentum + batch * (1 - momentum))
+BATCH_NORM_EPSILON = 1e-3
 
 
 # Input normalisations, name -> (per-channel mean, per-channel std) on the 0-255 scale; the model

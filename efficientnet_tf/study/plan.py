@@ -17,8 +17,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from efficientnet_tf import app, hparams, model_io, training
+from efficientnet_tf import app, data, hparams, model_io, training
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.hparams import LayeredConfig, RunConfig
 from efficientnet_tf.models.counting import NetworkCounts
 from efficientnet_tf.study import candidates, scaling_rules
 from efficientnet_tf.study.spec import CONTROLLED_KEYS, PAPER, PARTS, SEARCHED, SearchSpec, StudySpec, paper_rule
@@ -192,9 +193,9 @@ class StudyContext:
     """What planning and running share: the spec, the data and the resolved baseline config."""
 
     spec: StudySpec
-    config: Any  # layered config of the baseline arm (unresolved)
-    resolved: Any  # the same, resolved against the data
-    source: Any
+    config: LayeredConfig  # layered config of the baseline arm (unresolved)
+    resolved: RunConfig  # the same, resolved against the data
+    source: data.Source
     dataset: str
 
     @property
@@ -206,20 +207,20 @@ class StudyContext:
     @property
     def num_classes(self) -> int:
         """Classes of the dataset."""
-        return int(self.resolved.model.num_classes)
+        return self.resolved.model.num_classes
 
     @property
     def train_steps(self) -> int:
         """Training steps of every arm."""
-        return int(self.resolved.train.train_steps)
+        return self.resolved.train.train_steps
 
     @property
     def batch_size(self) -> int:
         """Global training batch of every arm."""
-        return int(self.resolved.train.batch_size)
+        return self.resolved.train.batch_size
 
 
-def arm_config(spec: StudySpec, *, width: float, depth: float, resolution: int, seed: int) -> Any:
+def arm_config(spec: StudySpec, *, width: float, depth: float, resolution: int, seed: int) -> LayeredConfig:
     """The layered config of one arm: the spec's recipe layers, then the study's own keys on top."""
     dataset, data_dir = spec.data_settings()
     values: dict[str, Any] = {
@@ -250,7 +251,7 @@ def study_context(spec: StudySpec) -> StudyContext:
     return StudyContext(spec, config, resolved, source, str(config.data.dataset))
 
 
-def _calibrate(ctx: StudyContext, hardware: Any, cache: str | None) -> TimeModel:
+def _calibrate(ctx: StudyContext, hardware: app.Hardware, cache: str | None) -> TimeModel:
     """Time a few training steps of the baseline fed by its real input pipeline, and the set-up of an arm
     (cached in `cache`)."""
     b, counts = ctx.spec.baseline, _base_counts(ctx)
@@ -263,11 +264,12 @@ def _calibrate(ctx: StudyContext, hardware: Any, cache: str | None) -> TimeModel
         if stored.get("key") == key:
             return TimeModel(stored["source"], stored["step_seconds"], stored["overhead_seconds"], counts.madds,
                              counts.activations)
-    info = app.make_strategy(ctx.config, hardware)
+    info = app.make_strategy(hardware)
     config = app.resolve_training_config(ctx.config, info, ctx.source)
-    size = int(config.model.image_size)
+    training.set_precision(config.runtime.mixed_precision)
+    size = config.model.image_size
     # The real input pipeline (decode, crop, resize, augment) shares the CPU with the step: time both.
-    dataset_fn, _ = app.dataset_functions(config, ctx.source)
+    dataset_fn = training.inputs.train_dataset_fn(config, ctx.source)
     images = tf.zeros([1, size, size, 3])
     steps = ctx.spec.timing.calibration_steps
     with tempfile.TemporaryDirectory() as scratch:
@@ -298,7 +300,7 @@ def _base_counts(ctx: StudyContext) -> NetworkCounts:
     return candidates.count_network(b, b.width, b.depth, b.resolution, ctx.num_classes)
 
 
-def _time_model(ctx: StudyContext, hardware: Any, cache: str | None) -> TimeModel:
+def _time_model(ctx: StudyContext, hardware: app.Hardware, cache: str | None) -> TimeModel:
     """Calibrated when the spec asks, otherwise from its constants."""
     timing = ctx.spec.timing
     if timing.calibrate:
@@ -446,7 +448,7 @@ def _trim(arms: list[Arm], grid: Sequence[scaling_rules.ScalingRule], budget_sec
     return arms, trimmed
 
 
-def make_plan(ctx: StudyContext, hardware: Any, model_dir: str | None) -> StudyPlan:
+def make_plan(ctx: StudyContext, hardware: app.Hardware, model_dir: str | None) -> StudyPlan:
     """The plan of an opened study; a calibration is cached in <model_dir>/calibration.json."""
     cache = os.path.join(model_dir, "calibration.json") if model_dir else None
     time_model = _time_model(ctx, hardware, cache)
@@ -459,7 +461,7 @@ def make_plan(ctx: StudyContext, hardware: Any, model_dir: str | None) -> StudyP
                      ctx.recipe, tuple(trimmed), tuple(notes))
 
 
-def plan_study(spec: StudySpec, *, model_dir: str | None = None, hardware: Any = None) -> StudyPlan:
+def plan_study(spec: StudySpec, *, model_dir: str | None = None, hardware: app.Hardware | None = None) -> StudyPlan:
     """Every arm with counted MAdds / params / activations (FLOPs-matched where compared), a predicted time
     per arm (calibrated or from the spec's constants) and deterministic trimming to the budget."""
     return make_plan(study_context(spec), hardware or app.Hardware(), model_dir)

@@ -19,8 +19,9 @@ import yaml
 from absl import logging
 from tensorboard.plugins.hparams import api as hp
 
-from efficientnet_tf import app, model_io
+from efficientnet_tf import app, data, model_io, training
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.hparams import RunConfig
 from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.study import scaling_rules
 from efficientnet_tf.study.plan import Arm, ArmMaker, StudyContext, StudyPlan, arm_config, make_plan, study_context
@@ -49,7 +50,7 @@ class ArmProgress:
     remaining_seconds: float
 
 
-def _train_arm(ctx: StudyContext, arm: Arm, directory: str, hardware: Any) -> ArmResult:
+def _train_arm(ctx: StudyContext, arm: Arm, directory: str, hardware: app.Hardware) -> ArmResult:
     """Train (or resume) one arm through app.train, then score the hold-out image by image."""
     config = arm_config(ctx.spec, width=arm.width_coefficient, depth=arm.depth_coefficient,
                         resolution=arm.resolution, seed=arm.seed)
@@ -59,7 +60,7 @@ def _train_arm(ctx: StudyContext, arm: Arm, directory: str, hardware: Any) -> Ar
     timing_path = os.path.join(directory, TRAIN_RESULT_FILE)
     step_time = outcome.result.step_time_seconds  # over every timed step of the run, not the last log window
     if step_time:
-        timing = {"images_per_second": int(outcome.config.train.batch_size) / step_time,
+        timing = {"images_per_second": outcome.config.train.batch_size / step_time,
                   "step_time_seconds": step_time, "train_seconds": seconds}
         write_text(timing_path, json.dumps(timing, indent=2) + "\n")
     elif os.path.isfile(timing_path):  # trained to the end by an earlier, interrupted run
@@ -70,7 +71,7 @@ def _train_arm(ctx: StudyContext, arm: Arm, directory: str, hardware: Any) -> Ar
     labels, predictions, latency = _predict_holdout(outcome.config, directory, ctx.source)
     save_predictions(directory, labels, predictions)
     result = ArmResult(arm.arm_dir, arm.width_coefficient, arm.depth_coefficient, arm.resolution, arm.seed,
-                       int(outcome.config.train.train_steps), int(outcome.config.train.batch_size), ctx.dataset,
+                       outcome.config.train.train_steps, outcome.config.train.batch_size, ctx.dataset,
                        ctx.recipe, float(np.mean(labels == predictions)), int(labels.size), timing["images_per_second"],
                        timing["step_time_seconds"], latency, float(timing["train_seconds"]))
     result.save(directory)
@@ -126,17 +127,17 @@ def _write_arm_hparams(directory: str, arm: Arm, result: ArmResult) -> None:
     writer.close()
 
 
-def _predict_holdout(config: Any, directory: str, source: Any) -> tuple[np.ndarray, np.ndarray, float]:
+def _predict_holdout(config: RunConfig, directory: str, source: data.Source) -> tuple[np.ndarray, np.ndarray, float]:
     """Labels and predicted classes of the hold-out with the arm's final weights, and batch-1 latency in ms."""
     model = model_io.build_model_from_config(config)
     model_io.restore_weights(model, RunDir(directory).checkpoint("latest"))
-    size = int(config.model.image_size)
+    size = config.model.image_size
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     def classify(images: Any) -> Any:
         return tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
 
-    _, eval_fn = app.dataset_functions(config, source)
+    eval_fn = training.inputs.eval_dataset_fn(config, source)
     labels, predictions, first = [], [], None
     for images, batch_labels in eval_fn(tf.distribute.InputContext()):
         predictions.append(classify(images).numpy())
@@ -231,7 +232,7 @@ class StudyOutcome:
         return "\n".join(lines)
 
 
-def run_study(spec: StudySpec, *, model_dir: str | None = None, hardware: Any = None,
+def run_study(spec: StudySpec, *, model_dir: str | None = None, hardware: app.Hardware | None = None,
               ready: Callable[[], None] | None = None,
               progress: Callable[[ArmProgress], None] | None = None) -> StudyOutcome:
     """Plan, train every arm not yet finished (resuming unfinished ones), write results, report and plots.

@@ -1,28 +1,23 @@
-"""Training: strategy selection, the strategy.run loop, schedules, checkpoints, summaries, evaluation.
+"""Training: strategy selection, the train step, the loop and its phases, schedules, checkpoints, summaries,
+evaluation.
 
     from efficientnet_tf import training
     info = training.create_strategy("auto")
     trainer = training.Trainer(config, info, model_dir, train_dataset_fn=..., eval_dataset_fn=...)
     result = trainer.train(eval_every_epochs=1)
 
-Most callers go through `efficientnet_tf.app`, which prepares the config, data and run directory.
+`config` is a resolved `hparams.RunConfig`. Most callers go through `efficientnet_tf.app`, which
+prepares the config, data and run directory; `training.inputs` makes a run's dataset functions.
 """
 
 from efficientnet_tf.models.ema import ExponentialMovingAverage, averaged_variables
-from efficientnet_tf.training.checkpoints import CheckpointKeeper
+from efficientnet_tf.training import inputs
+from efficientnet_tf.training.checkpoints import CheckpointKeeper, CheckpointWriteError
 from efficientnet_tf.training.evaluation import evaluate_checkpoints, evaluate_model, make_eval_batch_fn
-from efficientnet_tf.training.loop import CheckpointWriteError, NonFiniteLossError, Trainer, TrainResult
+from efficientnet_tf.training.loop import NonFiniteLossError, Trainer, TrainResult
 from efficientnet_tf.training.preemption import EXIT_PREEMPTED, Preempted
-from efficientnet_tf.training.schedules import WarmupDecay, build_optimizer, build_schedule, peak_learning_rate
-from efficientnet_tf.training.strategy import (
-    StrategyInfo,
-    check_batch_size,
-    create_strategy,
-    precision_policy,
-    set_precision,
-    split_cpu,
-    use_xla,
-)
+from efficientnet_tf.training.schedules import WarmupDecay, build_optimizer, build_schedule
+from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size, create_strategy, set_precision, split_cpu
 from efficientnet_tf.training.summaries import Progress, Summaries, image_grid
 
 __all__ = [
@@ -46,10 +41,8 @@ __all__ = [
     "evaluate_checkpoints",
     "evaluate_model",
     "image_grid",
+    "inputs",
     "make_eval_batch_fn",
-    "peak_learning_rate",
-    "precision_policy",
     "set_precision",
     "split_cpu",
-    "use_xla",
 ]

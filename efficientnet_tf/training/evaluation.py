@@ -16,7 +16,8 @@ from efficientnet_tf import model_io, results
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.gradcam import GradCam
 from efficientnet_tf.rundir import RunDir, step_of
-from efficientnet_tf.training.strategy import StrategyInfo, check_batch_size
+from efficientnet_tf.hparams import RunConfig
+from efficientnet_tf.training.strategy import StrategyInfo
 from efficientnet_tf.training.summaries import Summaries
 
 DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
@@ -124,7 +125,7 @@ def write_eval_report(model: keras.Model, records: results.EvalRecords, model_di
 
 
 def evaluate_checkpoints(
-    config: Any,
+    config: RunConfig,
     strategy_info: StrategyInfo,
     model_dir: str,
     eval_dataset_fn: DatasetFn,
@@ -143,10 +144,9 @@ def evaluate_checkpoints(
     directory; returns the last metrics (with "step").
     """
     strategy = strategy_info.strategy
-    check_batch_size(int(config.eval.batch_size or config.train.batch_size), strategy_info, "eval.batch_size")
     with strategy.scope():
         model = model_io.build_model_from_config(config)
-    num_classes = int(config.model.num_classes)
+    num_classes = config.model.num_classes
     eval_batch = make_eval_batch_fn(strategy, model, num_classes, details=results.TOP_LOSS_IMAGES)
     summaries = Summaries(model_dir, enabled=strategy_info.is_chief, eval_only=True)
     run = RunDir(model_dir)
@@ -167,7 +167,7 @@ def evaluate_checkpoints(
         if not continuous:
             return run_one(run.checkpoint(checkpoint))
         last: dict[str, float] | None = None
-        final_step = int(config.train.train_steps)
+        final_step = config.train.train_steps
         directory = run.checkpoints_dir
         for path in tf.train.checkpoints_iterator(directory, min_interval_secs=poll_seconds, timeout=timeout_seconds):
             try:

@@ -18,7 +18,9 @@ Config (`finetune.*`, see hparams/defaults.yaml and hparams/finetune.yaml):
   unfreeze_every_epochs  0: all `unfreeze_blocks` at once; else one more unit per this many epochs
   train_batch_norm       whether unfrozen batch-norm layers train (batch statistics) or stay frozen
   new_head               re-initialise the classifier even when the imported one fits
-With the defaults (0, -1, 0, true, false) nothing is frozen: ordinary training.
+With the defaults (0, -1, 0, true, false) nothing is frozen: ordinary training. `hparams.resolve` checks
+the values and turns the epochs into steps; `efficientnet_tf.training.phases.UnfreezingPhase` applies
+the schedule while the loop runs.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
 
 import keras
 
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.hparams import RunConfig
 
 HEAD_LAYERS = ("avg_pool", "top_dropout", "predictions")
 
@@ -82,22 +84,12 @@ class FineTuneSchedule:
     unfreeze_units: int  # after the warm-up; -1 = all
     every_steps: int  # 0 = all at once
     train_batch_norm: bool
-    new_head: bool
 
     @classmethod
-    def from_config(cls, config: Any, steps_per_epoch: int) -> FineTuneSchedule:
-        f = config.finetune
-        freeze, every = float(f.freeze_epochs), float(f.unfreeze_every_epochs)
-        blocks = int(f.unfreeze_blocks)
-        if freeze < 0 or every < 0:
-            raise UserError(f"finetune.freeze_epochs and finetune.unfreeze_every_epochs must be >= 0, "
-                            f"got {freeze:g} and {every:g}")
-        if blocks < -1:
-            raise UserError(f"finetune.unfreeze_blocks must be -1 (all), 0 (backbone stays frozen) or a count, "
-                            f"got {blocks}")
-        every_steps = max(1, int(round(every * steps_per_epoch))) if every > 0 else 0
-        return cls(int(round(freeze * steps_per_epoch)), blocks, every_steps, bool(f.train_batch_norm),
-                   bool(f.new_head))
+    def of(cls, config: RunConfig) -> FineTuneSchedule:
+        """The schedule of a resolved config (finetune.* with its epochs in steps)."""
+        f, derived = config.finetune, config.derived
+        return cls(derived.freeze_steps, f.unfreeze_blocks, derived.unfreeze_every_steps, f.train_batch_norm)
 
     @property
     def active(self) -> bool:

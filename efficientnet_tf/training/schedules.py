@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.hparams import RunConfig, TrainSettings
 from efficientnet_tf.training.optimizers import RMSpropTF
 
 LR_SCHEDULES = ("exponential", "cosine", "constant")
@@ -81,22 +82,18 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def peak_learning_rate(base_learning_rate: float, global_batch: int) -> float:
-    """The linear scaling rule: base rate per 256 images times global_batch / 256."""
-    return float(base_learning_rate) * float(global_batch) / 256.0
-
-
-def build_schedule(train_config: Any, steps_per_epoch: int, total_steps: int) -> WarmupDecay:
-    """The schedule described by a config's `train` section."""
+def build_schedule(config: RunConfig) -> WarmupDecay:
+    """The learning-rate schedule of a resolved config (train.* with the steps derived from its epochs)."""
+    train, derived = config.train, config.derived
     return WarmupDecay(
-        peak_learning_rate(train_config.base_learning_rate, train_config.batch_size),
-        kind=train_config.lr_schedule,
-        warmup_steps=int(round(float(train_config.warmup_epochs) * steps_per_epoch)),
-        decay_steps=float(train_config.lr_decay_epochs) * steps_per_epoch,
-        decay_rate=train_config.lr_decay_rate,
-        staircase=train_config.lr_staircase,
-        total_steps=total_steps,
-        min_lr=train_config.min_learning_rate,
+        derived.peak_learning_rate,
+        kind=train.lr_schedule,
+        warmup_steps=derived.warmup_steps,
+        decay_steps=derived.decay_steps,
+        decay_rate=train.lr_decay_rate,
+        staircase=train.lr_staircase,
+        total_steps=train.train_steps,
+        min_lr=train.min_learning_rate,
     )
 
 
@@ -104,7 +101,7 @@ OPTIMIZERS = ("rmsprop", "rmsprop_keras", "momentum", "adam", "adamw")
 
 
 def build_optimizer(
-    train_config: Any,
+    train_config: TrainSettings,
     learning_rate: keras.optimizers.schedules.LearningRateSchedule | float,
     *,
     loss_scaling: bool = False,

@@ -1,4 +1,8 @@
-"""Choosing the tf.distribute strategy, the precision policy and XLA for the hardware at hand."""
+"""Choosing the tf.distribute strategy for the hardware at hand, and setting the precision policy.
+
+Which policy and whether XLA follow from the device type (`hparams.precision_policy`, `hparams.use_xla`);
+this module creates the strategy and applies them.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,9 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.hparams import split_batch
 
 STRATEGY_KINDS = ("auto", "tpu", "mirrored", "multi_worker", "one_device", "default")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 TPU_CONNECT_TIMEOUT_S = 120.0
 
 
@@ -199,24 +203,8 @@ def create_strategy(
 
 
 def check_batch_size(global_batch: int, info: StrategyInfo, what: str = "--batch_size") -> int:
-    """The per-replica batch size; a UserError when the global batch does not split evenly."""
-    replicas = info.num_replicas
-    if global_batch < replicas or global_batch % replicas:
-        nearest = max(replicas, (global_batch // replicas) * replicas)
-        raise UserError(
-            f"{what}={global_batch} does not split evenly across {replicas} replicas; "
-            f"use a multiple of {replicas}, e.g. {nearest}"
-        )
-    return global_batch // replicas
-
-
-def precision_policy(requested: str, device_type: str) -> str:
-    """The Keras dtype policy: bfloat16 on TPU, float16 on GPU, float32 on CPU unless asked."""
-    if requested not in PRECISIONS:
-        raise UserError(f"unknown mixed precision {requested!r}; use one of {', '.join(PRECISIONS)}")
-    if requested != "auto":
-        return requested
-    return {"TPU": "mixed_bfloat16", "GPU": "mixed_float16"}.get(device_type, "float32")
+    """The per-replica batch size on this strategy's replicas (hparams.split_batch)."""
+    return split_batch(global_batch, info.num_replicas, what)
 
 
 def set_precision(policy: str) -> None:
@@ -247,17 +235,3 @@ def compile_replica_step(step_fn: Any, info: StrategyInfo) -> Any:
             return compiled(*args)
 
     return on_replica_device
-
-
-def use_xla(requested: str | bool, device_type: str) -> bool:
-    """Whether to jit-compile the training step: XLA on GPU/TPU, off on CPU (~8x slower there)."""
-    if isinstance(requested, bool):
-        return requested
-    value = str(requested).lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    if value != "auto":
-        raise UserError(f"runtime.jit_compile must be auto, true or false, got {requested!r}")
-    return device_type in ("GPU", "TPU")

@@ -14,7 +14,6 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.errors import UserError
 from efficientnet_tf.rundir import RunDir
 
 
@@ -30,19 +29,6 @@ def image_grid(images: np.ndarray | tf.Tensor, max_images: int = 16) -> np.ndarr
         r, c = divmod(i, cols)
         grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
     return grid[None]
-
-
-def parse_profile_steps(value: str | None) -> tuple[int, int] | None:
-    """Parse "START,STOP" (train.profile_steps) into a step range for the profiler."""
-    if not value:
-        return None
-    try:
-        start, stop = (int(part) for part in str(value).split(","))
-    except ValueError:
-        raise UserError(f"train.profile_steps must be START,STOP (e.g. 10,20), got {value!r}") from None
-    if not 0 <= start < stop:
-        raise UserError(f"train.profile_steps needs 0 <= START < STOP, got {value!r}")
-    return start, stop
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:

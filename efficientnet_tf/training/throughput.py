@@ -9,7 +9,7 @@ close to 0%; an input-bound run (NVIDIA's EfficientNet-B0 with AutoAugment on th
 known case) shows the share of the accelerator's time that goes idle.
 
 `InputBoundAlarm` warns once, with what to do, when the share stays above a threshold
-(`train.input_wait_alarm`, 0.2 by default) for `ALARM_WINDOWS` logging windows in a row.
+(`train.input_wait_alarm`, checked by hparams.resolve) for `ALARM_WINDOWS` logging windows in a row.
 """
 
 from __future__ import annotations
@@ -20,24 +20,8 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled has no public form
 
-from efficientnet_tf.errors import UserError
 
-DEFAULT_THRESHOLD = 0.2
 ALARM_WINDOWS = 2
-
-
-def alarm_threshold(value: Any) -> float | None:
-    """`train.input_wait_alarm` as a fraction in (0, 1), or None (off: null, 0, false, off)."""
-    if value is None or value is False or str(value).strip().lower() in ("0", "0.0", "off", "false", "none", "null"):
-        return None
-    try:
-        threshold = float(value)
-    except (TypeError, ValueError):
-        threshold = -1.0
-    if not 0.0 < threshold < 1.0:
-        raise UserError(f"train.input_wait_alarm must be a fraction of step time between 0 and 1 (e.g. 0.2), "
-                        f"or 0 to turn the alarm off; got {value!r}")
-    return threshold
 
 
 class InputWaitMeter:

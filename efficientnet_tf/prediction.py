@@ -1,5 +1,6 @@
 """Prediction over files, folders and globs with any artifact the project writes: a training run
-(its checkpoint), a .keras file, a SavedModel (or an export directory), a .tflite or an .onnx file.
+(its checkpoint), a .keras file, an export directory, or a file of any export format
+(efficientnet_tf.export.registry: a SavedModel, a .tflite, an .onnx, ...).
 
 Images stream through tf.data (parallel read and decode, the artifact's eval preprocessing,
 batches, prefetch) while the runtime classifies the previous batch; results go to a CSV or JSON
@@ -19,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Protocol, TextIO
+from typing import TextIO
 
 import keras
 import numpy as np
@@ -29,33 +30,22 @@ from absl import logging
 import efficientnet_tf.models.layers  # noqa: F401 - registers our serialisable layers and initialisers with Keras
 from efficientnet_tf.data import preprocessing
 from efficientnet_tf.errors import UserError, first_line
-from efficientnet_tf.export import common
-from efficientnet_tf.export.onnx import OnnxModel
-from efficientnet_tf.export.saved_model import SavedModelPredictor, is_saved_model
-from efficientnet_tf.export.tflite import TFLiteModel
+from efficientnet_tf.export import registry
+from efficientnet_tf.export.checks import (check_class_names, check_resize_method, default_class_names,
+                                           model_image_size, model_num_classes)
+from efficientnet_tf.export.files import LABELS_FILE, read_labels_file
+from efficientnet_tf.export.formats.base import ImagePredictor, Predictor
+from efficientnet_tf.export.keras_model import outputs_probabilities, probabilities_fn
 from efficientnet_tf.gradcam import GradCam
 from efficientnet_tf.model_io import restore_for_inference
 from efficientnet_tf.models.scaling import get_variant
 from efficientnet_tf.results.plots import overlay
 
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_TOP_K = 5
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 # How often (seconds) progress is logged when stderr is not a terminal.
 PROGRESS_LOG_SECONDS = 10.0
-
-
-class Predictor(Protocol):
-    """Anything that turns preprocessed images (float 0..255 [N, H, W, 3]) into class probabilities."""
-
-    class_names: list[str]
-    image_size: int
-    resize_method: str
-    kind: str
-    keras_model: keras.Model | None  # set when gradients (Grad-CAM) are available
-
-    def predict_images(self, images: np.ndarray) -> np.ndarray: ...
-
-    def predict_bytes(self, image_bytes: Sequence[bytes]) -> np.ndarray: ...
 
 
 def resize_method_for(model: keras.Model) -> str:
@@ -68,111 +58,26 @@ def resize_method_for(model: keras.Model) -> str:
 
 
 def _names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
-    return common.check_class_names(class_names, num_classes) if class_names else common.default_class_names(
-        num_classes)
+    return check_class_names(class_names, num_classes) if class_names else default_class_names(num_classes)
 
 
-class _BytesFromImages:
-    """predict_bytes for predictors that classify preprocessed images."""
-
-    image_size: int
-    resize_method: str
-
-    def predict_images(self, images: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def predict_bytes(self, image_bytes: Sequence[bytes]) -> np.ndarray:
-        """Class probabilities for encoded images (eval preprocessing done here)."""
-        return self.predict_images(common.preprocess_batch(image_bytes, self.image_size, self.resize_method))
-
-
-class KerasPredictor(_BytesFromImages):
+class KerasPredictor(ImagePredictor):
     """A Keras model (a .keras file or a training run's checkpoint); has gradients for Grad-CAM."""
 
     kind = "Keras model"
 
     def __init__(self, model: keras.Model, class_names: Sequence[str] | None, resize_method: str | None = None):
         self.model = self.keras_model = model
-        self.image_size = common.model_image_size(model)
+        self.image_size = model_image_size(model)
         if self.image_size is None:
             raise UserError(f"model {model.name} has no fixed input size; export it with a resolution first")
-        self.class_names = _names(class_names, common.model_num_classes(model))
+        self.class_names = _names(class_names, model_num_classes(model))
         self.resize_method = resize_method or resize_method_for(model)
-        self._fn = tf.function(common.probabilities_fn(model, common.outputs_probabilities(model)),
-                               reduce_retracing=True)
+        self._fn = tf.function(probabilities_fn(model, outputs_probabilities(model)), reduce_retracing=True)
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities of float 0..255 images [N, H, W, 3]."""
         return self._fn(tf.convert_to_tensor(images, tf.float32)).numpy()
-
-
-class TFLitePredictor(_BytesFromImages):
-    """A .tflite model; class names and preprocessing from its metadata or sidecar files."""
-
-    kind = "TFLite model"
-    keras_model = None
-
-    def __init__(self, path: str, class_names: Sequence[str] | None = None):
-        self.model = TFLiteModel(path)
-        sidecar_info = common.read_json(os.path.join(os.path.dirname(path), common.EXPORT_INFO_FILE)) or {}
-        info = self.model.metadata or sidecar_info
-        names = class_names or info.get("class_names") or common.read_labels_file(
-            os.path.join(os.path.dirname(path), common.LABELS_FILE))
-        self.class_names = _names(names, self.model.num_classes)
-        self.image_size = self.model.image_size
-        self.resize_method = _resize_from(info, path)
-
-    def predict_images(self, images: np.ndarray) -> np.ndarray:
-        return self.model.predict(images)[0]
-
-
-def _resize_from(info: dict, path: str) -> str:
-    method = info.get("resize_method")
-    if not method:
-        logging.warning("%s carries no preprocessing metadata; assuming bicubic resize", path)
-        return "bicubic"
-    return str(method)
-
-
-class OnnxPredictor(_BytesFromImages):
-    """An .onnx model run with ONNX Runtime (the optional `onnx` extra)."""
-
-    kind = "ONNX model"
-    keras_model = None
-
-    def __init__(self, path: str, class_names: Sequence[str] | None = None):
-        self.model = OnnxModel(path)  # ONNX Runtime is optional: without it, one line naming the extra
-        sidecar_info = common.read_json(os.path.join(os.path.dirname(path), common.EXPORT_INFO_FILE)) or {}
-        info = dict(getattr(self.model, "metadata", None) or sidecar_info)
-        names = class_names or getattr(self.model, "class_names", None) or info.get("class_names") or \
-            common.read_labels_file(os.path.join(os.path.dirname(path), common.LABELS_FILE))
-        self.class_names = _names(names, int(self.model.num_classes))
-        self.image_size = int(self.model.image_size)
-        self.resize_method = _resize_from(info, path)
-
-    def predict_images(self, images: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict(np.asarray(images, np.float32), batch_size=max(1, len(images)))[0])
-
-
-class SavedModelPredictorNamed(_BytesFromImages):
-    """An exported SavedModel run through its float-image signature (its class names may be overridden)."""
-
-    kind = "SavedModel"
-    keras_model = None
-
-    def __init__(self, path: str, class_names: Sequence[str] | None):
-        self.predictor = SavedModelPredictor(path)
-        self.class_names = (common.check_class_names(class_names, len(self.predictor.class_names))
-                            if class_names else self.predictor.class_names)
-        self.image_size = self.predictor.image_size
-        self.resize_method = self.predictor.resize_method
-
-    def predict_images(self, images: np.ndarray) -> np.ndarray:
-        return self.predictor.predict_images(images, batch_size=max(1, len(images)))
-
-    def predict_bytes(self, image_bytes: Sequence[bytes]) -> np.ndarray:
-        """Class probabilities for encoded images via `serving_default` (preprocessing in the graph)."""
-        return self.predictor.predict_bytes(image_bytes)
 
 
 def load_keras_file(path: str) -> keras.Model:
@@ -199,29 +104,24 @@ def load_keras_file(path: str) -> keras.Model:
 
 
 def load_predictor(path: str, class_names: Sequence[str] | None = None, checkpoint: str | None = None) -> Predictor:
-    """A predictor for a SavedModel dir, an export dir, a .tflite, .onnx or .keras file, or a training
-    model_dir (its `checkpoint`: latest by default, best, or a prefix)."""
+    """A predictor for a training model_dir (its `checkpoint`: latest by default, best, or a prefix), a .keras
+    file, or a file (or directory) of any export format."""
     if not path or not tf.io.gfile.exists(path):
         raise UserError(f"model {path} does not exist; give a training run directory, an export directory, "
-                        "a SavedModel directory, or a .keras, .tflite or .onnx file")
+                        "a SavedModel directory, a .keras file or an exported file "
+                        f"({', '.join(registry.NAMES)})")
+    fmt = registry.for_path(path)
+    if fmt is not None:
+        registry.check_installed([fmt.name])
+        return fmt.load(path, class_names)
     if tf.io.gfile.isdir(path):
-        if is_saved_model(path):
-            return SavedModelPredictorNamed(path, class_names)
-        nested = os.path.join(path, common.SAVED_MODEL_DIR)
-        if is_saved_model(nested):  # an export directory written by run_export
-            return SavedModelPredictorNamed(nested, class_names)
         model, config, restored_names = restore_for_inference(path, checkpoint)
-        return KerasPredictor(model, class_names or restored_names, resize_method=str(config.data.resize_method))
-    lower = path.lower()
-    if lower.endswith(".tflite"):
-        return TFLitePredictor(path, class_names)
-    if lower.endswith(".onnx"):
-        return OnnxPredictor(path, class_names)
-    if lower.endswith(".keras"):
-        names = class_names or common.read_labels_file(os.path.join(os.path.dirname(path), common.LABELS_FILE))
+        return KerasPredictor(model, class_names or restored_names, resize_method=config.data.resize_method)
+    if path.lower().endswith(".keras"):
+        names = class_names or read_labels_file(os.path.join(os.path.dirname(path), LABELS_FILE))
         return KerasPredictor(load_keras_file(path), names)
     raise UserError(f"cannot predict with {path}: expected a training run or export directory, a SavedModel "
-                    "directory, or a .keras, .tflite or .onnx file")
+                    f"directory, a .keras file or a file of an export format ({', '.join(registry.NAMES)})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,7 +166,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
 def image_batches(paths: Sequence[str], image_size: int, resize_method: str, batch_size: int) -> tf.data.Dataset:
     """Batches of (input index [B], float 0..255 images [B, H, W, 3]) in input order; files that cannot be
     read or decoded are dropped (their indices are missing from the stream)."""
-    method = common.check_resize_method(resize_method)
+    method = check_resize_method(resize_method)
     dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), tf.constant(list(paths))))
 
     def load(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -447,7 +347,7 @@ class Explainer:
 
 
 def predict_files(
-    path: str, inputs: Sequence[str], *, top_k: int = common.DEFAULT_TOP_K, class_names: Sequence[str] | None = None,
+    path: str, inputs: Sequence[str], *, top_k: int = DEFAULT_TOP_K, class_names: Sequence[str] | None = None,
     checkpoint: str | None = None, output: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
     explain_dir: str | None = None, progress: bool = True, predictor: Predictor | None = None,
 ) -> PredictionRun:

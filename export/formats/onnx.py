@@ -1,4 +1,4 @@
-"""ONNX export (through tf2onnx) and an ONNX Runtime classifier, for ONNX Runtime, TensorRT and OpenVINO users.
+"""ONNX (through tf2onnx) and an ONNX Runtime classifier, for ONNX Runtime, TensorRT and other ONNX users.
 
 The model is converted from the same kind of SavedModel the TFLite converter reads (float 0..255
 images [N, H, W, 3] -> probabilities, batch dynamic) by tf2onnx's command line. Converting a live
@@ -8,46 +8,38 @@ image size and resize method are stored in the ONNX file's metadata (`metadata_p
 same key as our TFLite JSON entry, so `--mode=predict` can name classes from the file alone.
 
 tf2onnx and onnxruntime are the optional extra `[onnx]`; without it the format is refused in one
-line before anything is written.
+line before anything is written (efficientnet_tf.export.registry.check_installed).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf.errors import UserError, first_line
-from efficientnet_tf.export import common
+from efficientnet_tf.export.files import path_size
+from efficientnet_tf.export.formats.base import (LATENCY_IMAGES, ExportFormat, ExportJob, ImagePredictor, VerifyInputs,
+                                                 by_suffix, compare, judged, max_prob_diff, median_ms, names_for,
+                                                 resize_method_of, sidecar_info)
+from efficientnet_tf.export.keras_model import SOURCE_SIGNATURE
 
-FORMAT = "onnx"
+NAME = "onnx"
 FILE = "model.onnx"
 OPSET = 17
 METADATA_KEY = "efficientnet_tf"
 ORT_THREADS = 2
+PACKAGES = ("tf2onnx", "onnxruntime")
 EXTRA_HINT = "pip install -e '.[onnx]' (tf2onnx and onnxruntime)"
 CONVERT_TIMEOUT_S = 1800
-
-
-def missing_packages() -> list[str]:
-    """The packages of the [onnx] extra that are not installed."""
-    return [name for name in ("tf2onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
-
-
-def check_available() -> None:
-    """Raise UserError in one line when the [onnx] extra is not installed."""
-    missing = missing_packages()
-    if missing:
-        raise UserError(f"the onnx export format needs {' and '.join(missing)}: {EXTRA_HINT}")
 
 
 def _conversion_error(output: str) -> str:
@@ -66,7 +58,7 @@ def convert(source_dir: str, path: str, *, opset: int = OPSET) -> None:
     mode, which must not touch the exporting process's models.
     """
     command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", source_dir,
-               "--signature_def", common.SOURCE_SIGNATURE, "--opset", str(opset), "--output", path]  # fmt: skip
+               "--signature_def", SOURCE_SIGNATURE, "--opset", str(opset), "--output", path]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S, env=env)
@@ -92,22 +84,16 @@ def add_metadata(path: str, info: dict) -> None:
     onnx.save(proto, path)
 
 
-def export_onnx(
-    model: keras.Model, export_dir: str, *, info: dict, image_size: int, probabilities: bool, opset: int = OPSET
-) -> str:
+def write(job: ExportJob) -> str:
     """Write `export_dir/model.onnx` (float 0..255 NHWC images, dynamic batch -> probabilities)."""
-    check_available()
-    path = os.path.join(export_dir, FILE)
+    path = os.path.join(job.export_dir, FILE)
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="onnx_source_") as tmp:
-        source = common.write_conversion_source(
-            model, os.path.join(tmp, "source"), image_size=image_size, probabilities=probabilities, batch=None
-        )
+    with tempfile.TemporaryDirectory(prefix="onnx_") as tmp:
         partial = os.path.join(tmp, FILE)
-        convert(source, partial, opset=opset)
-        add_metadata(partial, {**info, "format": FORMAT, "opset": opset})
+        convert(job.conversion_source(None), partial, opset=OPSET)
+        add_metadata(partial, {**job.info, "format": NAME, "opset": OPSET})
         tf.io.gfile.copy(partial, path, overwrite=True)
-    logging.info("Converted to ONNX (opset %d) in %.1fs: %s", opset, time.time() - started, path)
+    logging.info("Converted to ONNX (opset %d) in %.1fs: %s", OPSET, time.time() - started, path)
     return path
 
 
@@ -167,3 +153,36 @@ class OnnxModel:
             seconds.append(time.perf_counter() - began)
             probs.append(np.asarray(out, np.float32))
         return (np.concatenate(probs) if probs else np.zeros((0, self.num_classes), np.float32)), seconds
+
+
+class OnnxPredictor(ImagePredictor):
+    """An .onnx model run with ONNX Runtime (the optional `onnx` extra)."""
+
+    kind = "ONNX model"
+
+    def __init__(self, path: str, class_names: Sequence[str] | None = None):
+        self.model = OnnxModel(path)  # ONNX Runtime is optional: without it, one line naming the extra
+        info = self.model.metadata or sidecar_info(path)
+        self.class_names = names_for(path, class_names, self.model.class_names or info.get("class_names"),
+                                     self.model.num_classes)
+        self.image_size = self.model.image_size
+        self.resize_method = resize_method_of(info, path)
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict(np.asarray(images, np.float32), batch_size=max(1, len(images)))[0])
+
+
+def verify(path: str, inputs: VerifyInputs) -> list[dict]:
+    runner = OnnxModel(path, num_threads=ORT_THREADS)
+    probs, _ = runner.predict(inputs.images, batch_size=32)
+    _, seconds = runner.predict(inputs.images[: LATENCY_IMAGES + 1], batch_size=1)
+    return [{"format": NAME, "path": path, "size_bytes": path_size(path),
+             **compare(inputs.reference, probs, inputs.labels), "latency_ms": median_ms(seconds),
+             "runtime": f"onnxruntime ({ORT_THREADS} threads)"}]
+
+
+FORMAT = ExportFormat(
+    name=NAME, summary=f"ONNX (opset {OPSET}) for ONNX Runtime, TensorRT and other ONNX runtimes", file=FILE,
+    write=write, load=OnnxPredictor, verify=verify, acceptance=judged(max_prob_diff(1e-4)), extra="onnx",
+    packages=PACKAGES, reads=by_suffix(".onnx"), runtime=f"onnxruntime ({ORT_THREADS} threads)",
+)
