@@ -61,6 +61,8 @@ setup(
         "mobile": ["mediapipe>=1.2,<2"],
         # ONNX export (tf2onnx) and its verification / prediction runtime (onnxruntime).
         "onnx": ["tf2onnx>=1.17,<2", "onnxruntime>=1.20"],
+        # OpenVINO IR export and its verification / prediction runtime (reads the SavedModel directly).
+        "openvino": ["openvino>=2025.0"],
         # keras-cv's RandAugment as an optional host-pipeline augmentation backend.
         "keras-cv": ["keras-cv>=0.9,<0.10"],
     },

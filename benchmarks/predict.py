@@ -2,7 +2,7 @@
 what its two stages allow, and keras.applications' model.predict on the same input pipeline.
 
     python benchmarks/predict.py --data ../shared/data [--model_dir RUN_DIR] [--limit 1000]
-        [--image_size 128] [--batch_size 32] [--formats keras,saved_model,tflite_float32,tflite_int8,onnx]
+        [--image_size 128] [--batch_size 32] [--formats keras,saved_model,tflite_float32,tflite_int8,onnx,openvino]
         [--out runs/predict_benchmark]
 
 `--data` is a folder of images, or a folder holding `imagenette2-224sq-train.tar` (extracted once under
@@ -41,7 +41,7 @@ if REPO_ROOT not in sys.path:
 import imagenette  # noqa: E402  (benchmarks/imagenette.py: the Imagenette archive and its extraction)
 
 # "keras" (a .keras file) and any export format of efficientnet_tf.export.registry.
-DEFAULT_FORMATS = ("keras", "saved_model", "tflite_float32", "tflite_int8", "onnx")
+DEFAULT_FORMATS = ("keras", "saved_model", "tflite_float32", "tflite_int8", "onnx", "openvino")
 KERAS_FILE = "model.keras"
 
 

@@ -11,8 +11,9 @@ Artifacts in `export_dir`: `saved_model/` (signatures `serving_default`: encoded
 probabilities, top-k ids, names and probabilities; `serving_images`: float 0..255 images -> the
 same), `model_{float32,float16,dynamic,int8}.tflite` (float 0..255 [1, H, W, 3] in, or uint8 pixels
 for int8; probabilities out; standard TFLite metadata with the labels packed in, which MediaPipe
-Tasks and Android read), `model.onnx` (with the `[onnx]` extra), `labels.txt`, `export_info.json` and the
-verification report `export_report.json` (LiteRT, ONNX Runtime and, with the `[mobile]` extra, MediaPipe's
+Tasks and Android read), `model.onnx` (with the `[onnx]` extra), `model.xml` + `model.bin` (OpenVINO IR,
+with the `[openvino]` extra), `labels.txt`, `export_info.json` and the verification report
+`export_report.json` (LiteRT, ONNX Runtime, OpenVINO and, with the `[mobile]` extra, MediaPipe's
 ImageClassifier on the held-out images). Prediction with any of them: efficientnet_tf.prediction.
 
 The names below load on first use, so `efficientnet_tf.export.registry` is read without starting TensorFlow.

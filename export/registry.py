@@ -29,6 +29,7 @@ FORMAT_MODULES: dict[str, str] = {
     "tflite_dynamic": f"{_PACKAGE}.tflite_dynamic",
     "tflite_int8": f"{_PACKAGE}.tflite_int8",
     "onnx": f"{_PACKAGE}.onnx",
+    "openvino": f"{_PACKAGE}.openvino",
 }
 NAMES: tuple[str, ...] = tuple(FORMAT_MODULES)
 # Names that stand for several formats in --export_formats.
