@@ -1,4 +1,4 @@
-"""Configuration: defaults (RECIPE.md §4), the per-variant training layer (variants.py), per-dataset YAML, strict overrides.
+"""Configuration: defaults (docs/recipe.md §4), the per-variant training layer (variants.py), per-dataset YAML, strict overrides.
 
     from efficientnet_tf import hparams
     config = hparams.build_config(["train.batch_size=64", "my.yaml"], {"model.name": "efficientnet-b2"})
