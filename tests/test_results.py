@@ -180,6 +180,25 @@ def test_top_losses_titles_overlap_no_image_and_no_other_title():
         assert figure.bbox.contains(title.x1, title.y1), f"title {i} is cut off"
 
 
+def test_reliability_marks_each_bins_mean_confidence_beside_its_accuracy():
+    """Bars up to each bin's accuracy and a mark at its mean confidence, so that the gap reads whichever is higher."""
+    rng = np.random.default_rng(4)
+    confidence = rng.uniform(0.2, 1.0, 2000)
+    correct = rng.uniform(size=confidence.size) < np.clip(confidence + 0.15, 0, 1)  # under-confident
+    calib = results.calibration(confidence, correct)
+    figure = plots.reliability_figure(calib)
+    top = figure.axes[0]
+    filled = calib.counts > 0
+    heights = [patch.get_height() for patch in top.patches]
+    np.testing.assert_allclose(heights, calib.accuracy[filled])
+    marks = [c for c in top.collections if c.get_label() == "mean confidence in the bin"]
+    assert len(marks) == 1
+    segments = marks[0].get_segments()
+    np.testing.assert_allclose([seg[0][1] for seg in segments], calib.confidence[filled])
+    np.testing.assert_allclose([(seg[0][0], seg[1][0]) for seg in segments],
+                               np.stack([calib.edges[:-1], calib.edges[1:]], axis=1)[filled])
+
+
 def test_eval_step_details_feed_the_records():
     """The evaluation step's per-example outputs give the same confusion matrix as the model itself."""
     inputs = keras.Input((8, 8, 3))

@@ -110,8 +110,9 @@ def confusion_matrix_png(matrix: np.ndarray, class_names: Sequence[str], path: s
     return _save(figure, path, shown)
 
 
-def reliability_png(calib: Calibration, path: str, *, title: str = "") -> Picture:
-    """Accuracy against confidence per bin (with the diagonal), and how many examples each bin holds."""
+def reliability_figure(calib: Calibration, *, title: str = ""):
+    """The reliability diagram as a matplotlib Figure: per bin, a bar up to its accuracy and a red mark at its
+    mean confidence (with the diagonal), and below it how many examples each bin holds."""
     figure = _figure(6.0, 7.0)
     top = figure.add_axes((0.12, 0.36, 0.83, 0.56))
     bottom = figure.add_axes((0.12, 0.08, 0.83, 0.2), sharex=top)
@@ -119,12 +120,11 @@ def reliability_png(calib: Calibration, path: str, *, title: str = "") -> Pictur
     width = np.diff(edges)
     filled = calib.counts > 0
     top.bar(edges[:-1][filled], calib.accuracy[filled], width=width[filled], align="edge", color="#4878d0",
-            edgecolor="black", linewidth=0.5, label="accuracy")
-    # The gap from each bin's accuracy to its mean confidence: above the bar when over-confident, inside it when
-    # under-confident; hatched, so that it reads over the bar either way.
-    gaps = calib.confidence[filled] - calib.accuracy[filled]
-    top.bar(edges[:-1][filled], gaps, bottom=calib.accuracy[filled], width=width[filled], align="edge",
-            color="none", hatch="///", edgecolor="firebrick", linewidth=0.8, label="gap to mean confidence")
+            edgecolor="black", linewidth=0.5, label="accuracy in the bin")
+    # Each bin's mean confidence as a mark across the bin: the gap from the bar's top to the mark is the
+    # miscalibration, over the bar (over-confident) or inside it (under-confident), and reads either way.
+    top.hlines(calib.confidence[filled], edges[:-1][filled], edges[1:][filled], colors="firebrick", linewidth=2.5,
+               label="mean confidence in the bin")
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
@@ -134,7 +134,12 @@ def reliability_png(calib: Calibration, path: str, *, title: str = "") -> Pictur
     bottom.bar(edges[:-1], calib.counts, width=width, align="edge", color="grey", edgecolor="black", linewidth=0.5)
     bottom.set_xlabel("top-1 confidence")
     bottom.set_ylabel("examples")
-    return _save(figure, path, ())
+    return figure
+
+
+def reliability_png(calib: Calibration, path: str, *, title: str = "") -> Picture:
+    """The reliability diagram (`reliability_figure`) written as a PNG."""
+    return _save(reliability_figure(calib, title=title), path, ())
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:

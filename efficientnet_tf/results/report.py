@@ -6,7 +6,7 @@ Files, in `<run>/evaluation/step-<N>/`:
     per_class.csv            class, support, predicted, recall, precision, F1
     confused_pairs.csv       true class, predicted class, count, fraction of the true class
     confusion_matrix.png     row-normalised, counts shown (the most confused classes above 100)
-    reliability.png          accuracy against confidence, with the expected calibration error
+    reliability.png          per confidence bin its accuracy (bar) and mean confidence (mark), with the ECE
     top_losses.png           the highest-loss images: true class, predicted class, probability
     top_losses_gradcam.png   the same with Grad-CAM overlays (when asked for)
     summary.json             top-1, ECE, examples and the most-confused pairs
