@@ -65,6 +65,9 @@ setup(
         "openvino": ["openvino>=2025.0"],
         # keras-cv's RandAugment as an optional host-pipeline augmentation backend.
         "keras-cv": ["keras-cv>=0.9,<0.10"],
+        # The documentation site: MkDocs with the Material theme, the API reference from the docstrings
+        # (ruff lays out the long signatures there).
+        "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.6,<10", "mkdocstrings[python]>=0.29,<2", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["efficientnet-tf=efficientnet_tf.cli:run"]},
     classifiers=[

@@ -2,7 +2,7 @@
 
 Everything here works on a single `uint8 [H, W, 3]` image inside a `tf.data` map function and
 returns a `uint8` image of the same shape. The numbers (policy, level-to-argument mapping, fill
-value 128) are those of the EfficientNet reference recipe, written down in RECIPE.md §5.
+value 128) are those of the EfficientNet reference recipe, written down in docs/recipe.md §5.
 
 Conventions used by the geometric ops (x = column, y = row, origin top-left):
 - `rotate(image, degrees)` turns the content counter-clockwise as seen on screen, about the centre.
@@ -23,7 +23,7 @@ from ._random import RandomStream
 FILL_VALUE = 128
 MAX_LEVEL = 10.0
 
-# (translate_const, cutout_const) per policy family, RECIPE.md §5.
+# (translate_const, cutout_const) per policy family, docs/recipe.md §5.
 AUTOAUGMENT_HPARAMS = {"translate_const": 250.0, "cutout_const": 100.0}
 RANDAUGMENT_HPARAMS = {"translate_const": 100.0, "cutout_const": 40.0}
 
@@ -229,7 +229,7 @@ def _cutout(image: tf.Tensor, half_size, rng: RandomStream, fill: int = FILL_VAL
 
 
 # ---------------------------------------------------------------------------------------------
-# Level (0..10, or beyond for RandAugment) to operation, RECIPE.md §5.
+# Level (0..10, or beyond for RandAugment) to operation, docs/recipe.md §5.
 # Notes on two mappings taken as the recipe states them:
 # - Posterize shifts out int(level/10·4) bits, so level 0 leaves the image alone and level 10
 #   keeps 4 bits (beyond 10 the shift is capped at 8, a black image).
@@ -300,7 +300,7 @@ def _run_op(image: tf.Tensor, name: str, level: float, rng: RandomStream, hparam
 
 OP_NAMES: tuple[str, ...] = tuple(_APPLY)
 
-# The 16 operations RandAugment draws from (RECIPE.md §5).
+# The 16 operations RandAugment draws from (docs/recipe.md §5).
 RANDAUGMENT_OPS: tuple[str, ...] = (
     "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
     "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout", "SolarizeAdd",

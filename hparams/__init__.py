@@ -1,4 +1,4 @@
-"""Configuration: defaults (docs/recipe.md), the per-variant training layer (variants.py), per-dataset YAML,
+"""Configuration: defaults (docs/recipe.md §4), the per-variant training layer (variants.py), per-dataset YAML,
 strict overrides, and the resolved, frozen configuration of a run.
 
     from efficientnet_tf import hparams

@@ -6,7 +6,7 @@ function, and the lazy name tables of the package `__init__` files. Also checked
 modules, and no private name (`_x`) taken from another module of the library.
 
     python tests/test_architecture.py [ROOT]                      # the same checks, printed, for any checkout
-    python tests/test_architecture.py --draw docs/architecture/layers.png   # the README's picture
+    python tests/test_architecture.py --draw docs/architecture/layers.png   # the docs' picture
 """
 
 from __future__ import annotations

@@ -6,11 +6,16 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import pathlib
+import re
+import subprocess
+import sys
 import zipfile
 
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from efficientnet_tf import build_model
 from efficientnet_tf.errors import UserError
@@ -115,6 +120,30 @@ def test_labels_with_commas_spaces_and_non_ascii_round_trip_through_mediapipe(fl
     _, names, _ = mediapipe_check.classify(path, frames[:2], len(NAMES))
     assert names == [NAMES, NAMES]
     assert mediapipe_check.names_read_back(names, NAMES)
+
+
+def _python_block(page: pathlib.Path, containing: str) -> str:
+    """The one ```python block of a documentation page that contains `containing`."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S) if containing in b]
+    assert len(blocks) == 1, f"{page}: {len(blocks)} python blocks contain {containing!r}"
+    return blocks[0]
+
+
+def test_the_documented_mediapipe_snippet_classifies_a_greyscale_photo(float_flatbuffer, tmp_path):
+    """The Python snippet of docs/export/phone.md, run as written, on a greyscale JPEG: MediaPipe rejects a
+    one-channel frame inside its graph, so the snippet must hand it RGB."""
+    pytest.importorskip("mediapipe")
+    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "export" / "phone.md"
+    (tmp_path / "snippet.py").write_text(_python_block(page, "ImageClassifier"), encoding="utf-8")
+    _write(tmp_path, float_flatbuffer, _meta(), "model_int8.tflite")  # the file name the snippet loads
+    grey = np.random.default_rng(0).integers(0, 256, (48, 40), dtype=np.uint8)
+    Image.fromarray(grey, "L").save(tmp_path / "photo.jpg")
+    with Image.open(tmp_path / "photo.jpg") as photo:
+        assert photo.mode == "L"
+    run = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert len(lines) == 3 and {line.rsplit(" ", 1)[0] for line in lines} <= set(NAMES), run.stdout
 
 
 def test_a_failed_format_is_reported_and_the_others_are_still_written(model, frames, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The configuration system: defaults from RECIPE.md §4, layering, strict overrides, resolve, save/load."""
+"""The configuration system: defaults from docs/recipe.md §4, layering, strict overrides, resolve, save/load."""
 
 from __future__ import annotations
 

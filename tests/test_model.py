@@ -11,7 +11,7 @@ from efficientnet_tf.models import counting, scaling
 from efficientnet_tf.models.layers import DropConnect
 from efficientnet_tf.models.weights import load_pretrained
 
-# keras.applications' published totals (1000 classes, incl. batch-norm statistics), RECIPE.md section 3.
+# keras.applications' published totals (1000 classes, incl. batch-norm statistics), docs/recipe.md §3.
 KERAS_PARAMS = {
     0: 5_330_571,
     1: 7_856_239,

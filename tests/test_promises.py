@@ -1,4 +1,4 @@
-"""Promises of the README: a NaN loss ends the command with exit status 3 and the last good checkpoint
+"""Promises of the documentation: a NaN loss ends the command with exit status 3 and the last good checkpoint
 intact; a stopped run (SIGTERM through the command line, or a signal in-process) has TensorBoard's
 scalars of every step on disk, the stopped step included.
 """

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from matplotlib.text import Text
 from PIL import Image
 
 from efficientnet_tf import results
@@ -50,13 +51,17 @@ def test_per_class_figures_match_a_hand_computation():
     # class 2: TP 1, predicted 2, support 3; FP 1, FN 2 -> TN 5
     np.testing.assert_allclose(figures["precision"], [2 / 4, 2 / 3, 1 / 2])
     np.testing.assert_allclose(figures["recall"], [2 / 3, 2 / 3, 1 / 3])
-    np.testing.assert_allclose(figures["accuracy"], [6 / 9, 7 / 9, 6 / 9])
+    np.testing.assert_allclose(figures["f1"], [2 * 2 / (3 + 4), 2 * 2 / (3 + 3), 2 * 1 / (3 + 2)])
     np.testing.assert_array_equal(figures["support"], [3, 3, 3])
+    assert "accuracy" not in figures  # one-vs-rest accuracy reads as a per-class accuracy it is not
     pairs = results.most_confused_pairs(HAND_MATRIX, 2)
     assert pairs[0] == (2, 0, 2, pytest.approx(2 / 3))
     assert [p[:3] for p in pairs] == [(2, 0, 2), (0, 1, 1)]
     empty = results.per_class_metrics(np.array([[1, 0], [0, 0]]))
-    assert np.isnan(empty["precision"][1]) and np.isnan(empty["recall"][1])
+    assert np.isnan(empty["precision"][1]) and np.isnan(empty["recall"][1]) and np.isnan(empty["f1"][1])
+    never_predicted = results.per_class_metrics(np.array([[1, 0], [2, 0]]))
+    assert np.isnan(never_predicted["precision"][1]) and never_predicted["recall"][1] == 0
+    assert never_predicted["f1"][1] == 0
 
 
 def test_ece_of_calibrated_predictions_is_about_zero():
@@ -115,7 +120,9 @@ def test_report_files_table_and_tensorboard_images(tmp_path, caplog):
     directory = tmp_path / "report"
     with open(directory / "per_class.csv") as handle:
         rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["class_id", "class", "support", "predicted", "recall", "precision", "f1"]
     assert [r["class"] for r in rows] == names
+    assert float(rows[0]["f1"]) == pytest.approx(4 / 7)
     assert float(rows[0]["precision"]) == pytest.approx(0.5) and float(rows[2]["recall"]) == pytest.approx(1 / 3)
     summary = json.loads((directory / "summary.json").read_text())
     assert summary["examples"] == 9 and summary["most_confused"][0]["true"] == "parachute"
@@ -127,11 +134,69 @@ def test_report_files_table_and_tensorboard_images(tmp_path, caplog):
     assert len(worst) == 4 and all(e.label != e.predicted for e in worst)
     assert set(report.pictures["top_losses"].classes) == {0, 1, 2}
     assert "tench" in caplog.text and "precision" in caplog.text and "parachute -> tench 2x" in caplog.text
+    assert results.report.COLUMNS_NOTE in caplog.text  # each column says what it is
+    assert caplog.text.count("\nparachute ") == 1  # the table's row
     tags = set()
     for event_file in (tmp_path / "logs").iterdir():
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
             tags |= {value.tag for value in event.summary.value}
     assert {"eval/confusion_matrix", "eval/reliability", "eval/top_losses"} <= tags
+
+
+def test_report_without_the_table_logs_one_summary_line(tmp_path, caplog):
+    """Evaluations before a run's last one log one line each; the files are written all the same."""
+    records = results.EvalRecords(3, keep=2)
+    probs = _probabilities(PREDICTED, 3)
+    records.add(LABELS, probs, -np.log(probs[np.arange(len(LABELS)), LABELS]))
+    with caplog.at_level("INFO"), caplog.at_level("INFO", logger="absl"):
+        results.write_report(records, ["tench", "church", "parachute"], str(tmp_path), step=3, log_table=False)
+    messages = [r.getMessage() for r in caplog.records if "step 3" in r.getMessage()]
+    assert len(messages) == 1 and "\n" not in messages[0], messages
+    # Lowest recall first (parachute 1 of 3), then the most-confused pair.
+    assert "lowest recall: parachute 33.3%, tench 66.7%, church 66.7%" in messages[0]
+    assert "most confused: parachute -> tench 2x" in messages[0]
+    assert (tmp_path / "per_class.csv").exists() and (tmp_path / "summary.json").exists()
+
+
+def test_top_losses_titles_overlap_no_image_and_no_other_title():
+    """Each image's three title lines sit in their own band: none is drawn over an image or another title."""
+    rng = np.random.default_rng(3)
+    names = [f"a rather long class name {i}" for i in range(10)]
+    examples = [results.TopLoss(5.0 - i / 10, i % 10, (i + 1) % 10, 0.9, 0.01,
+                                rng.uniform(0, 255, (48, 48, 3)).astype(np.float32)) for i in range(16)]
+    figure = plots.top_losses_figure(examples, names)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    images = [axes.get_window_extent(renderer) for axes in figure.axes]
+    titles = [axes.title.get_window_extent(renderer) for axes in figure.axes]
+    heading = [text for text in figure.findobj(Text) if text.get_text() == "Highest-loss images"]
+    assert len(heading) == 1
+    heading = heading[0].get_window_extent(renderer)
+    assert len(images) == len(titles) == 16
+    for i, title in enumerate(titles):
+        assert not any(title.overlaps(image) for image in images), f"title {i} is drawn over an image"
+        assert not any(title.overlaps(other) for j, other in enumerate(titles) if j != i), f"title {i}"
+        assert not title.overlaps(heading) and figure.bbox.contains(title.x0, title.y0)
+        assert figure.bbox.contains(title.x1, title.y1), f"title {i} is cut off"
+
+
+def test_reliability_marks_each_bins_mean_confidence_beside_its_accuracy():
+    """Bars up to each bin's accuracy and a mark at its mean confidence, so that the gap reads whichever is higher."""
+    rng = np.random.default_rng(4)
+    confidence = rng.uniform(0.2, 1.0, 2000)
+    correct = rng.uniform(size=confidence.size) < np.clip(confidence + 0.15, 0, 1)  # under-confident
+    calib = results.calibration(confidence, correct)
+    figure = plots.reliability_figure(calib)
+    top = figure.axes[0]
+    filled = calib.counts > 0
+    heights = [patch.get_height() for patch in top.patches]
+    np.testing.assert_allclose(heights, calib.accuracy[filled])
+    marks = [c for c in top.collections if c.get_label() == "mean confidence in the bin"]
+    assert len(marks) == 1
+    segments = marks[0].get_segments()
+    np.testing.assert_allclose([seg[0][1] for seg in segments], calib.confidence[filled])
+    np.testing.assert_allclose([(seg[0][0], seg[1][0]) for seg in segments],
+                               np.stack([calib.edges[:-1], calib.edges[1:]], axis=1)[filled])
 
 
 def test_eval_step_details_feed_the_records():

@@ -1,4 +1,4 @@
-"""Runtime promises of the README: TensorBoard files that cannot be written cost only the logs; a GCE
+"""Runtime promises of the documentation: TensorBoard files that cannot be written cost only the logs; a GCE
 maintenance event or preemption notice stops training like SIGTERM does; on-device augmentation resumes
 exactly; a stop writes out TensorBoard's buffered events before `train` returns."""
 

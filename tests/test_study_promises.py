@@ -1,6 +1,6 @@
 """The scaling study's promises checked against answers worked out by hand (no training, no networks built):
 the claims' signs and verdicts on arms whose outcome is known, claim (c)'s even / odd hold-out split,
-the calibration, the predicted-time formula and the trimming order the README describes."""
+the calibration, the predicted-time formula and the trimming order the documentation describes."""
 
 from __future__ import annotations
 

@@ -114,6 +114,29 @@ def test_equal_flops_bars_plot(tmp_path) -> None:
         study_plots.plot_equal_flops_bars({"bad": (1.0, 2.0, 3.0)}, tmp_path / "bad.png")
 
 
+def test_time_fit_names_overlap_nothing_and_none_is_lost() -> None:
+    """Fourteen networks, nine of them crowded at about the same cost (as in the cpu preset): every name sits
+    beside its point clear of the others and of the legend, or is listed under the plots."""
+    rng = np.random.default_rng(0)
+    madds = [1e7, 1.7e7, 3.5e7, 3.6e7, 3.7e7] + list(2.05e7 + rng.normal(0, 2e5, 9))
+    activations = [3e5, 5e5, 9e5, 6.5e5, 1.25e6] + list(6e5 + rng.normal(0, 5e4, 9))
+    times = [0.09, 0.137, 0.26, 0.15, 0.21] + list(0.15 + rng.normal(0, 0.01, 9))
+    names = [f"network-number-{i}@2" for i in range(len(madds))]
+    figure, axes = study_plots.time_fits_figure(times, madds, activations, names=names)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    footnote = " ".join(t.get_text() for t in figure.texts)
+    for ax in axes:
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in ax.texts]
+        legend = ax.get_legend().get_window_extent(renderer)
+        for i, (name, box) in enumerate(boxes):
+            assert not box.overlaps(legend), name
+            assert not [other for other, b in boxes[i + 1:] if box.overlaps(b)], name
+        placed = {name for name, _ in boxes}
+        assert all(name in placed or name in footnote for name in names)
+    assert len(axes[0].texts) >= 7  # most names do find room
+
+
 def test_time_fit_plot_reports_r2(tmp_path) -> None:
     madds, activations = [1e8, 2e8, 4e8, 8e8], [3e6, 3.5e6, 9e6, 7e6]
     times = [0.01 + 2e-11 * m for m in madds]

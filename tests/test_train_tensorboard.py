@@ -4,6 +4,7 @@ plus eval results that `--mode=eval`-style evaluation of the same checkpoint rep
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 
 import numpy as np
@@ -49,8 +50,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     train_fn = synthetic_dataset_fn(32, 4, 8, seed=2)
     eval_fn = synthetic_dataset_fn(32, 4, 8, seed=2, eval=True, eval_examples=40)
     trainer = training.Trainer(config, info, str(model_dir), train_dataset_fn=train_fn, eval_dataset_fn=eval_fn)
-    result = trainer.train(eval_every_epochs=1)
-    return {"dir": model_dir, "result": result, "config": config, "info": info, "eval_fn": eval_fn}
+    # What the run logs (absl's logger level is process state another test may have raised).
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.addHandler(handler)
+    absl_logger.setLevel(logging.INFO)
+    try:
+        result = trainer.train(eval_every_epochs=1)
+    finally:
+        absl_logger.removeHandler(handler)
+        absl_logger.setLevel(level)
+    return {"dir": model_dir, "result": result, "config": config, "info": info, "eval_fn": eval_fn, "log": messages}
 
 
 def test_train_scalars_images_and_hparams(run: dict) -> None:
@@ -94,6 +107,10 @@ def test_eval_scalars_and_results_file(run: dict) -> None:
         assert summary["examples"] == 40 and "confusion_matrix.png" in summary["files"]
     pictures = _events(run["dir"] / "logs" / "eval").Tags()["tensors"]
     assert {"eval/confusion_matrix", "eval/reliability", "eval/top_losses"} <= set(pictures), pictures
+    # The per-class table is logged once, at the last evaluation; the one before gets one summary line.
+    tables = [m for m in run["log"] if m.startswith("Per-class results")]
+    assert len(tables) == 1 and tables[0].startswith("Per-class results at step 6"), tables
+    assert sum(m.startswith("Evaluation report at step 3") for m in run["log"]) == 1
 
 
 def test_profiler_trace_written(run: dict) -> None:

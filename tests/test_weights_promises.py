@@ -1,4 +1,4 @@
-"""What the README promises about pretrained weights and fine-tuning, checked end to end with tiny models
+"""What the documentation promises about pretrained weights and fine-tuning, checked end to end with tiny models
 and weights served from a local directory (never the internet):
 
 - `--init_weights=advprop` records `model.normalization: advprop` in the run's config.yaml, and the

@@ -56,7 +56,7 @@ class BlockSpec:
     strides: int
 
 
-# EfficientNet-B0 stages 2-8 (RECIPE.md section 2); the stem and head are built separately.
+# EfficientNet-B0 stages 2-8 (docs/recipe.md §2); the stem and head are built separately.
 BASELINE_BLOCKS: tuple[BlockSpec, ...] = (
     BlockSpec(3, 1, 32, 16, 1, 1),
     BlockSpec(3, 2, 16, 24, 6, 2),
@@ -108,7 +108,7 @@ class Variant:
 
 
 # The one variant table (architecture facts). (width, depth, resolution, dropout) from the reference
-# implementation (RECIPE.md section 1); published params / MAdds from the paper's Table 2 (B0-B7) and
+# implementation (docs/recipe.md §1); published params / MAdds from the paper's Table 2 (B0-B7) and
 # the EfficientNet-Lite table (lite0-4), none for B8 and L2. Training settings that differ per variant
 # live with the configuration (efficientnet_tf.hparams.variants).
 _TABLE: tuple[tuple, ...] = (

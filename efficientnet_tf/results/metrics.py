@@ -1,5 +1,5 @@
 """Per-example evaluation records and the figures computed from them: the confusion matrix,
-per-class precision / recall / accuracy, the most-confused pairs, calibration (reliability bins and
+per-class recall / precision / F1, the most-confused pairs, calibration (reliability bins and
 the expected calibration error) and the highest-loss examples.
 
 Everything here is plain NumPy on the host; the evaluation step only hands over, per example, the
@@ -31,23 +31,23 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
 
 
 def per_class_metrics(matrix: np.ndarray) -> dict[str, np.ndarray]:
-    """Per class: support (true examples), predicted count, precision, recall and one-vs-rest accuracy.
+    """Per class: support (true examples), predicted count, recall, precision and F1.
 
-    precision = TP / predicted, recall = TP / support (NaN when the denominator is 0), accuracy =
-    (TP + TN) / all examples, i.e. how often the yes/no question "is it this class?" is answered right.
+    recall = TP / support: the share of the class's own images classified as it (what "accuracy on this
+    class" usually means); precision = TP / predicted: the share of the images classified as the class
+    that really are it; F1 = their harmonic mean. NaN where a denominator is 0.
     """
     matrix = np.asarray(matrix, np.float64)
-    total = matrix.sum()
     tp = np.diag(matrix)
     support = matrix.sum(axis=1)
     predicted = matrix.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(predicted > 0, tp / predicted, np.nan)
         recall = np.where(support > 0, tp / support, np.nan)
-    fp, fn = predicted - tp, support - tp
-    accuracy = (total - fp - fn) / total if total else np.full_like(tp, np.nan)
-    return {"support": support.astype(np.int64), "predicted": predicted.astype(np.int64), "precision": precision,
-            "recall": recall, "accuracy": accuracy}
+        # 2PR / (P + R) = 2TP / (support + predicted): defined whenever the class occurs at all.
+        f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), np.nan)
+    return {"support": support.astype(np.int64), "predicted": predicted.astype(np.int64), "recall": recall,
+            "precision": precision, "f1": f1}
 
 
 def most_confused_pairs(matrix: np.ndarray, k: int = 10) -> list[tuple[int, int, int, float]]:

@@ -110,8 +110,9 @@ def confusion_matrix_png(matrix: np.ndarray, class_names: Sequence[str], path: s
     return _save(figure, path, shown)
 
 
-def reliability_png(calib: Calibration, path: str, *, title: str = "") -> Picture:
-    """Accuracy against confidence per bin (with the diagonal), and how many examples each bin holds."""
+def reliability_figure(calib: Calibration, *, title: str = ""):
+    """The reliability diagram as a matplotlib Figure: per bin, a bar up to its accuracy and a red mark at its
+    mean confidence (with the diagonal), and below it how many examples each bin holds."""
     figure = _figure(6.0, 7.0)
     top = figure.add_axes((0.12, 0.36, 0.83, 0.56))
     bottom = figure.add_axes((0.12, 0.08, 0.83, 0.2), sharex=top)
@@ -119,12 +120,11 @@ def reliability_png(calib: Calibration, path: str, *, title: str = "") -> Pictur
     width = np.diff(edges)
     filled = calib.counts > 0
     top.bar(edges[:-1][filled], calib.accuracy[filled], width=width[filled], align="edge", color="#4878d0",
-            edgecolor="black", linewidth=0.5, label="accuracy")
-    # The gap from each bin's accuracy to its mean confidence: above the bar when over-confident, inside it when
-    # under-confident; hatched, so that it reads over the bar either way.
-    gaps = calib.confidence[filled] - calib.accuracy[filled]
-    top.bar(edges[:-1][filled], gaps, bottom=calib.accuracy[filled], width=width[filled], align="edge",
-            color="none", hatch="///", edgecolor="firebrick", linewidth=0.8, label="gap to mean confidence")
+            edgecolor="black", linewidth=0.5, label="accuracy in the bin")
+    # Each bin's mean confidence as a mark across the bin: the gap from the bar's top to the mark is the
+    # miscalibration, over the bar (over-confident) or inside it (under-confident), and reads either way.
+    top.hlines(calib.confidence[filled], edges[:-1][filled], edges[1:][filled], colors="firebrick", linewidth=2.5,
+               label="mean confidence in the bin")
     top.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
@@ -134,7 +134,12 @@ def reliability_png(calib: Calibration, path: str, *, title: str = "") -> Pictur
     bottom.bar(edges[:-1], calib.counts, width=width, align="edge", color="grey", edgecolor="black", linewidth=0.5)
     bottom.set_xlabel("top-1 confidence")
     bottom.set_ylabel("examples")
-    return _save(figure, path, ())
+    return figure
+
+
+def reliability_png(calib: Calibration, path: str, *, title: str = "") -> Picture:
+    """The reliability diagram (`reliability_figure`) written as a PNG."""
+    return _save(reliability_figure(calib, title=title), path, ())
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
@@ -148,23 +153,47 @@ def overlay(image: np.ndarray, heatmap: np.ndarray | None, alpha: float = 0.45) 
     return np.clip((1 - alpha) * image + alpha * colours, 0.0, 1.0)
 
 
-def top_losses_png(examples: Sequence[TopLoss], class_names: Sequence[str], path: str, *,
-                   heatmaps: Sequence[np.ndarray] | None = None, title: str = "") -> Picture:
-    """A grid of the highest-loss images: true class, predicted class and its probability under each."""
+# The highest-loss grid, in inches: each cell is a title band of three 8-point lines over a square image.
+TILE_WIDTH = 3.0
+TILE_IMAGE = 2.7
+TILE_TITLE = 0.6
+TILE_GAP = 0.15
+GRID_HEADING = 0.5
+
+
+def top_losses_figure(examples: Sequence[TopLoss], class_names: Sequence[str], *,
+                      heatmaps: Sequence[np.ndarray] | None = None, title: str = ""):
+    """The highest-loss grid as a matplotlib Figure: under a title band per image, true class, predicted class
+    with its probability, and the loss.
+
+    Every cell gets a fixed band for its three title lines above its image, so that no title is drawn over
+    the image of the row above, whatever the class names and the number of rows.
+    """
     count = len(examples)
     cols = max(1, min(4, count))
     rows = max(1, math.ceil(count / cols))
-    figure = _figure(3.0 * cols, 3.3 * rows + 0.5)
+    row_height = TILE_TITLE + TILE_IMAGE + TILE_GAP
+    width, height = cols * TILE_WIDTH, rows * row_height + GRID_HEADING
+    figure = _figure(width, height)
     for i, example in enumerate(examples):
-        axes = figure.add_subplot(rows, cols, i + 1)
+        row, col = divmod(i, cols)
+        left = col * TILE_WIDTH + (TILE_WIDTH - TILE_IMAGE) / 2
+        bottom = height - GRID_HEADING - (row + 1) * row_height + TILE_GAP
+        axes = figure.add_axes((left / width, bottom / height, TILE_IMAGE / width, TILE_IMAGE / height))
         axes.imshow(overlay(example.image, heatmaps[i] if heatmaps is not None else None))
         axes.set_xticks([])
         axes.set_yticks([])
+        colour = "black" if example.label == example.predicted else "firebrick"
         axes.set_title(f"true: {_short(class_names[example.label], 22)}\n"
                        f"pred: {_short(class_names[example.predicted], 22)} ({example.probability:.2f})\n"
-                       f"loss {example.loss:.2f}", fontsize=8, color="black" if example.label == example.predicted
-                       else "firebrick")
+                       f"loss {example.loss:.2f}", fontsize=8, pad=4, color=colour)
     figure.suptitle(title or ("Highest-loss images" + (" with Grad-CAM" if heatmaps is not None else "")),
-                    fontsize=11)
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.3 * rows + 0.5)))
+                    fontsize=11, y=1 - 0.15 / height, va="top")
+    return figure
+
+
+def top_losses_png(examples: Sequence[TopLoss], class_names: Sequence[str], path: str, *,
+                   heatmaps: Sequence[np.ndarray] | None = None, title: str = "") -> Picture:
+    """A grid of the highest-loss images (`top_losses_figure`) written as a PNG."""
+    figure = top_losses_figure(examples, class_names, heatmaps=heatmaps, title=title)
     return _save(figure, path, sorted({e.label for e in examples} | {e.predicted for e in examples}))

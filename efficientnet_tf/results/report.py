@@ -3,10 +3,10 @@ confusion matrix, reliability diagram and highest-loss grid (PNGs), summary JSON
 pictures in TensorBoard's images tab.
 
 Files, in `<run>/evaluation/step-<N>/`:
-    per_class.csv            class, support, predicted, precision, recall, accuracy
+    per_class.csv            class, support, predicted, recall, precision, F1
     confused_pairs.csv       true class, predicted class, count, fraction of the true class
     confusion_matrix.png     row-normalised, counts shown (the most confused classes above 100)
-    reliability.png          accuracy against confidence, with the expected calibration error
+    reliability.png          per confidence bin its accuracy (bar) and mean confidence (mark), with the ECE
     top_losses.png           the highest-loss images: true class, predicted class, probability
     top_losses_gradcam.png   the same with Grad-CAM overlays (when asked for)
     summary.json             top-1, ECE, examples and the most-confused pairs
@@ -55,19 +55,31 @@ def class_names_for(class_names: Sequence[str] | None, num_classes: int) -> list
     return [f"class_{i}" for i in range(num_classes)]
 
 
+# Printed under the per-class table, so that nobody reads a column as something it is not.
+COLUMNS_NOTE = ("recall: share of the class's images classified as it (per-class accuracy); precision: share of "
+                "the images classified as the class that are it; F1: their harmonic mean")
+
+
+def _percent(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
 def per_class_table(matrix: np.ndarray, class_names: Sequence[str]) -> str:
-    """The per-class figures as an aligned text table (percentages)."""
+    """The per-class figures as an aligned text table (percentages), with what each column means."""
     figures = per_class_metrics(matrix)
     width = max([len("class")] + [len(n) for n in class_names])
-    lines = [f"{'class'.ljust(width)}  {'images':>6}  {'precision':>9}  {'recall':>6}  {'accuracy':>8}"]
-
-    def pct(value: float) -> str:
-        return "-" if math.isnan(value) else f"{100 * value:.1f}%"
-
+    lines = [f"{'class'.ljust(width)}  {'images':>6}  {'recall':>6}  {'precision':>9}  {'F1':>6}"]
     for i, name in enumerate(class_names):
-        lines.append(f"{name.ljust(width)}  {figures['support'][i]:>6d}  {pct(figures['precision'][i]):>9}  "
-                     f"{pct(figures['recall'][i]):>6}  {pct(figures['accuracy'][i]):>8}")
-    return "\n".join(lines)
+        lines.append(f"{name.ljust(width)}  {figures['support'][i]:>6d}  {_percent(figures['recall'][i]):>6}  "
+                     f"{_percent(figures['precision'][i]):>9}  {_percent(figures['f1'][i]):>6}")
+    return "\n".join(lines + [COLUMNS_NOTE])
+
+
+def lowest_recall(matrix: np.ndarray, class_names: Sequence[str], k: int = 3) -> str:
+    """The `k` classes with the lowest recall, e.g. "church 20.0%, gas pump 20.0%" (classes without images skipped)."""
+    recall = per_class_metrics(matrix)["recall"]
+    order = [i for i in np.argsort(recall, kind="stable") if not math.isnan(recall[i])][: int(k)]
+    return ", ".join(f"{class_names[i]} {_percent(recall[i])}" for i in order) or "none"
 
 
 def per_class_csv(matrix: np.ndarray, class_names: Sequence[str]) -> str:
@@ -75,11 +87,11 @@ def per_class_csv(matrix: np.ndarray, class_names: Sequence[str]) -> str:
     figures = per_class_metrics(matrix)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["class_id", "class", "support", "predicted", "precision", "recall", "accuracy"])
+    writer.writerow(["class_id", "class", "support", "predicted", "recall", "precision", "f1"])
     for i, name in enumerate(class_names):
         writer.writerow([i, name, int(figures["support"][i]), int(figures["predicted"][i])] +
                         ["" if math.isnan(figures[k][i]) else f"{figures[k][i]:.6f}"
-                         for k in ("precision", "recall", "accuracy")])
+                         for k in ("recall", "precision", "f1")])
     return out.getvalue()
 
 
@@ -89,9 +101,9 @@ def _write_text(path: str, text: str) -> None:
 
 
 def write_report(records: EvalRecords, class_names: Sequence[str] | None, directory: str, *, step: int,
-                 heatmaps: Sequence[np.ndarray] | None = None, writer=None) -> EvalReport:
-    """Write every file of the report into `directory`, log the per-class table, and (with a
-    tf.summary `writer`) put the pictures into TensorBoard at `step`."""
+                 heatmaps: Sequence[np.ndarray] | None = None, writer=None, log_table: bool = True) -> EvalReport:
+    """Write every file of the report into `directory`, log the per-class table (`log_table`; otherwise
+    one summary line), and (with a tf.summary `writer`) put the pictures into TensorBoard at `step`."""
     names = class_names_for(class_names, records.num_classes)
     os.makedirs(directory, exist_ok=True)
     matrix = records.confusion()
@@ -123,8 +135,12 @@ def write_report(records: EvalRecords, class_names: Sequence[str] | None, direct
     }
     _write_text(os.path.join(directory, "summary.json"), json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     pair_text = "; ".join(f"{names[t]} -> {names[p]} {n}x" for t, p, n, _ in pairs[:5]) or "none"
-    logging.info("Per-class results at step %d (%d images, ECE %.2f%%):\n%s\nMost confused: %s\nReport: %s",
-                 step, int(matrix.sum()), 100 * calib.ece, per_class_table(matrix, names), pair_text, directory)
+    if log_table:
+        logging.info("Per-class results at step %d (%d images, ECE %.2f%%):\n%s\nMost confused: %s\nReport: %s",
+                     step, int(matrix.sum()), 100 * calib.ece, per_class_table(matrix, names), pair_text, directory)
+    else:
+        logging.info("Evaluation report at step %d: ECE %.2f%%; lowest recall: %s; most confused: %s; in %s", step,
+                     100 * calib.ece, lowest_recall(matrix, names), pair_text.split("; ")[0], directory)
     if writer is not None:
         write_summaries(writer, step, pictures)
     return EvalReport(directory, pictures, calib.ece, pairs)

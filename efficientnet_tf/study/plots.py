@@ -44,16 +44,18 @@ def _figure(ncols: int = 1, width: float = 6.4, height: float = 4.8):
     return figure, axes
 
 
-def _save(figure, axes, path: str | os.PathLike) -> PlotFile:
+def _save(figure, axes, path: str | os.PathLike, *, layout: bool = True) -> PlotFile:
+    """Write the PNG (with a legend on each axes that has labels); `layout=False` keeps a layout already made."""
     out = pathlib.Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     labels: list[str] = []
     for ax in axes:
         _, ax_labels = ax.get_legend_handles_labels()
-        if ax_labels:
+        if ax_labels and ax.get_legend() is None:
             ax.legend(fontsize="small")
         labels += ax_labels
-    figure.tight_layout()
+    if layout:
+        figure.tight_layout()
     figure.savefig(out, format="png")
     return PlotFile(out, tuple(labels))
 
@@ -115,7 +117,7 @@ def plot_search_grid(points: Sequence[Mapping[str, float]], path: str | os.PathL
     scatter = ax.scatter([x for x, _ in xy], [y for _, y in xy], c=values, cmap="viridis", s=60,
                          label="grid", zorder=2, **({} if values else {"color": "tab:blue"}))
     if values:
-        figure.colorbar(scatter, ax=ax, label=metric)
+        figure.colorbar(scatter, ax=ax, label="hold-out top-1 (%)" if metric == "accuracy" else metric)
     for (label, shares), marker in zip(marked.items(), ("*", "D", "s", "^", "v", "P")):
         x, y = _ternary_xy(*shares)
         ax.scatter([x], [y], marker=marker, s=220, facecolors="none", edgecolors="red", linewidths=2, label=label,
@@ -162,10 +164,42 @@ def plot_equal_flops_bars(arms: Mapping[str, Sequence[float]], path: str | os.Pa
     return _save(figure, axes, path)
 
 
-def plot_time_fits(step_times: Sequence[float], madds: Sequence[float], activations: Sequence[float],
-                   path: str | os.PathLike, *, names: Sequence[str] | None = None,
-                   time_unit: str = "s") -> PlotFile:
-    """Step time against MAdds (left) and activations (right), each with its least-squares line and R²."""
+# Offsets (in points) tried in turn for the name of a point in the time-fit plot: the first that keeps
+# the name clear of the other names, the points and the legend, inside the axes, is used.
+LABEL_OFFSETS = ((4, 4), (4, -11), (-4, 4), (-4, -11), (10, 14), (10, -20), (-10, 14), (-10, -20), (16, -3),
+                 (-16, -3))
+
+
+def _label_points(figure, ax, xs: Sequence[float], ys: Sequence[float], names: Sequence[str]) -> list[str]:
+    """Write each point's name beside it where there is room; return the names that found none."""
+    from matplotlib.transforms import Bbox  # with matplotlib, only drawing needs it
+
+    renderer = figure.canvas.get_renderer()
+    pixels = ax.transData.transform(list(zip(xs, ys)))
+    taken = [Bbox.from_bounds(px - 4, py - 4, 8, 8) for px, py in pixels]  # the markers
+    legend = ax.get_legend()
+    if legend is not None:
+        taken.append(legend.get_window_extent(renderer))
+    frame = ax.get_window_extent(renderer)
+    crowded = []
+    for name, x, y in zip(names, xs, ys):
+        for dx, dy in LABEL_OFFSETS:
+            text = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize="x-small",
+                               ha="left" if dx > 0 else "right")
+            box = text.get_window_extent(renderer)
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in taken):
+                taken.append(box)
+                break
+            text.remove()
+        else:
+            crowded.append(name)
+    return crowded
+
+
+def time_fits_figure(step_times: Sequence[float], madds: Sequence[float], activations: Sequence[float], *,
+                     names: Sequence[str] | None = None, time_unit: str = "s"):
+    """The time-fit figure (see `plot_time_fits`) and its two axes, laid out and labelled."""
     fit = fit_time(step_times, madds, activations)
     figure, axes = _figure(ncols=2, width=5.6)
     for ax, xs, line, xlabel in ((axes[0], madds, fit.madds, "multiply-adds per image"),
@@ -173,10 +207,28 @@ def plot_time_fits(step_times: Sequence[float], madds: Sequence[float], activati
         ax.scatter(xs, step_times, label="measured", zorder=3)
         lo, hi = min(xs), max(xs)
         ax.plot([lo, hi], list(line.predict([lo, hi])), color="red", label=f"linear fit R²={line.r2:.3f}")
-        for name, x, y in zip(names or (), xs, step_times):
-            ax.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize="x-small")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"step time ({time_unit})")
         ax.grid(True, alpha=0.3)
-    axes[0].set_title(f"better predictor: {fit.better}")
-    return _save(figure, axes, path)
+        ax.legend(fontsize="small", loc="upper left")
+    figure.suptitle(f"Training step time against multiply-adds and against activations "
+                    f"(better predictor: {fit.better})", fontsize="medium")
+    # Names go beside their points only where they stay legible; the rest are listed under the plots.
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    crowded: list[str] = []
+    for ax, xs in ((axes[0], madds), (axes[1], activations)):
+        crowded += _label_points(figure, ax, xs, step_times, names or ())
+    if crowded:
+        listed = ", ".join(dict.fromkeys(crowded))
+        figure.text(0.01, 0.01, f"Not named beside their points in one of the plots (no room): {listed}", fontsize="x-small",
+                    wrap=True)
+    return figure, axes
+
+
+def plot_time_fits(step_times: Sequence[float], madds: Sequence[float], activations: Sequence[float],
+                   path: str | os.PathLike, *, names: Sequence[str] | None = None,
+                   time_unit: str = "s") -> PlotFile:
+    """Step time against MAdds (left) and activations (right), each with its least-squares line and R²,
+    and each point named where its name fits."""
+    figure, axes = time_fits_figure(step_times, madds, activations, names=names, time_unit=time_unit)
+    return _save(figure, axes, path, layout=False)

@@ -104,10 +104,12 @@ def evaluate_model(strategy: tf.distribute.Strategy, eval_batch: Callable, eval_
 
 
 def write_eval_report(model: keras.Model, records: results.EvalRecords, model_dir: str, step: int, *,
-                      summaries: Summaries | None = None, explain: bool = False) -> results.EvalReport | None:
+                      summaries: Summaries | None = None, explain: bool = False,
+                      table: bool = True) -> results.EvalReport | None:
     """The per-checkpoint report (efficientnet_tf.results.report) into <model_dir>/evaluation/step-<N>,
-    with its pictures in TensorBoard; `explain` adds Grad-CAM overlays to the highest-loss grid.
-    A report that cannot be written costs a warning, never the evaluation."""
+    with its pictures in TensorBoard; `explain` adds Grad-CAM overlays to the highest-loss grid, `table`
+    logs the per-class table (otherwise one summary line). A report that cannot be written costs a
+    warning, never the evaluation."""
     if records.count == 0:
         return None
     heatmaps = None
@@ -118,7 +120,7 @@ def write_eval_report(model: keras.Model, records: results.EvalRecords, model_di
             heatmaps = list(GradCam(model).heatmaps(images, np.array([e.predicted for e in examples])))
         writer = summaries.eval_writer if summaries is not None and summaries.enabled else None
         return results.write_report(records, RunDir(model_dir).read_labels(), results.report_dir(model_dir, step),
-                                    step=step, heatmaps=heatmaps, writer=writer)
+                                    step=step, heatmaps=heatmaps, writer=writer, log_table=table)
     except (OSError, tf.errors.OpError, ValueError) as error:
         logging.warning("Could not write the evaluation report of step %d: %s", step, first_line(error))
         return None
@@ -150,6 +152,7 @@ def evaluate_checkpoints(
     eval_batch = make_eval_batch_fn(strategy, model, num_classes, details=results.TOP_LOSS_IMAGES)
     summaries = Summaries(model_dir, enabled=strategy_info.is_chief, eval_only=True)
     run = RunDir(model_dir)
+    final_step = config.train.train_steps
 
     def run_one(path: str) -> dict[str, float]:
         step = model_io.restore_weights(model, path)
@@ -158,7 +161,9 @@ def evaluate_checkpoints(
         summaries.scalars(step, {k: v for k, v in metrics.items() if k != "examples"}, eval=True)
         if strategy_info.is_chief:
             run.write_eval_results(step, metrics, checkpoint=path)
-            write_eval_report(model, records, model_dir, step, summaries=summaries, explain=explain)
+            # Watching a run, the per-class table comes once, at its last step; one line for the others.
+            write_eval_report(model, records, model_dir, step, summaries=summaries, explain=explain,
+                              table=not continuous or step >= final_step)
         logging.info("Eval of %s (step %d): top-1 %.2f%%, top-5 %.2f%%, loss %.4f on %d images", path, step,
                      100 * metrics["top1"], 100 * metrics["top5"], metrics["loss"], int(metrics["examples"]))
         return {**metrics, "step": float(step)}
@@ -167,7 +172,6 @@ def evaluate_checkpoints(
         if not continuous:
             return run_one(run.checkpoint(checkpoint))
         last: dict[str, float] | None = None
-        final_step = config.train.train_steps
         directory = run.checkpoints_dir
         for path in tf.train.checkpoints_iterator(directory, min_interval_secs=poll_seconds, timeout=timeout_seconds):
             try:

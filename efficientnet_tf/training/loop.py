@@ -196,15 +196,16 @@ class Trainer:
         finally:
             self.step_fn.swap_ema()
 
-    def _report_eval(self, summaries: Summaries, step: int, metrics: dict[str, float], progress: Progress) -> None:
+    def _report_eval(self, summaries: Summaries, step: int, metrics: dict[str, float], progress: Progress,
+                     final: bool) -> None:
+        """Eval scalars, eval_results.json and the report (its per-class table in the log at the last one)."""
         summaries.scalars(step, {k: v for k, v in metrics.items() if k != "examples"}, eval=True)
         if self.info.is_chief:
             self.run.write_eval_results(step, metrics)
-            write_eval_report(self.model, self.last_eval_records, self.run.path, step, summaries=summaries)
-        progress.message(
-            f"Eval at step {step}: top-1 {100 * metrics['top1']:.2f}%, top-5 {100 * metrics['top5']:.2f}%, "
-            f"loss {metrics['loss']:.4f} ({int(metrics['examples'])} images)"
-        )
+            write_eval_report(self.model, self.last_eval_records, self.run.path, step, summaries=summaries, table=final)
+        top1, top5 = 100 * metrics["top1"], 100 * metrics["top5"]
+        progress.message(f"Eval at step {step}: top-1 {top1:.2f}%, top-5 {top5:.2f}%, loss {metrics['loss']:.4f} "
+                         f"({int(metrics['examples'])} images)")
 
     # ------------------------------------------------------------------------------------------
     # Training
@@ -310,7 +311,7 @@ class Trainer:
                 # Wall time of this invocation so far (training + evals): time-to-accuracy curves.
                 eval_metrics["wall_seconds"] = time.monotonic() - began_training
                 try:
-                    self._report_eval(summaries, step, eval_metrics, progress)
+                    self._report_eval(summaries, step, eval_metrics, progress, finished)
                 except (tf.errors.OpError, OSError) as error:
                     raise checkpoints.write_error(error, last_checkpoint,
                                                   f"the eval results into {self.run.path}") from None
