@@ -150,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"command": "python benchmarks/export.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "data": data_note, "hardware": machine, "results": []}  # fmt: skip
     if args.model_dir:
-        from efficientnet_tf import model_io
+        from efficientnet_tf import run_model
 
-        model, config, class_names = model_io.restore_for_inference(args.model_dir)
+        model, config, class_names = run_model.restore_for_inference(args.model_dir)
         resize = str(config.data.resize_method)
         jobs = [(model.name, model, class_names or src.class_names, resize)]
     else:

@@ -10,9 +10,9 @@ This package knows nothing of the model; it depends only on TensorFlow, absl and
 In the repository it lives in `data/`, installed as `efficientnet_tf.data`.
 """
 
-from . import augment, augment_device, augment_keras_cv, mixing, preprocessing
-from .pipeline import AUGMENTATIONS, build_eval_dataset, build_train_dataset, sample_images
-from .sources import DEFAULT_DATASET, Source, SyntheticSource, get_source, synthetic_dataset_fn
+from efficientnet_tf.data import augment, augment_device, augment_keras_cv, mixing, preprocessing
+from efficientnet_tf.data.pipeline import AUGMENTATIONS, build_eval_dataset, build_train_dataset, sample_images
+from efficientnet_tf.data.sources import DEFAULT_DATASET, Source, SyntheticSource, get_source, synthetic_dataset_fn
 
 __all__ = [
     "AUGMENTATIONS",

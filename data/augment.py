@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from ._random import RandomStream
+from efficientnet_tf.data._random import RandomStream
 
 FILL_VALUE = 128
 MAX_LEVEL = 10.0

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 import tensorflow as tf
 from absl import logging
 
-from ._random import RandomStream
-from .augment import (
+from efficientnet_tf.data._random import RandomStream
+from efficientnet_tf.data.augment import (
     AUTOAUGMENT_HPARAMS,
     FILL_VALUE,
     OP_NAMES,
@@ -34,8 +34,8 @@ from .augment import (
     SIGNED_OPS,
     op_argument,
 )
-from .mixing_device import mix_batch
-from .pipeline import check_augmentation
+from efficientnet_tf.data.mixing_device import mix_batch
+from efficientnet_tf.data.pipeline import check_augmentation
 
 # Folded with the run's seed so that the device streams differ from the host pipeline's.
 DEVICE_SEED_SALT = 0x0A06D0E5

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ._random import RandomStream
+from efficientnet_tf.data._random import RandomStream
 
 
 def mixup_with_weights(images: tf.Tensor, labels: tf.Tensor, weight: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

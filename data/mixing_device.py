@@ -7,8 +7,8 @@ import math
 
 import tensorflow as tf
 
-from . import mixing
-from ._random import RandomStream
+from efficientnet_tf.data import mixing
+from efficientnet_tf.data._random import RandomStream
 
 # Marsaglia–Tsang gamma proposals per sample; each is accepted with probability > 0.95, so all
 # of them failing (then the last is kept) has probability below 1e-20.

@@ -22,10 +22,10 @@ from absl import logging
 
 from efficientnet_tf.errors import UserError
 
-from . import augment as augment_lib
-from . import augment_keras_cv, mixing, preprocessing
-from ._guard import OK, guarded_map, label_status
-from .sources import Source
+from efficientnet_tf.data import augment as augment_lib
+from efficientnet_tf.data import augment_keras_cv, mixing, preprocessing
+from efficientnet_tf.data._guard import OK, guarded_map, label_status
+from efficientnet_tf.data.sources import Source
 
 AUGMENTATIONS = ("autoaugment", "randaugment", "none")
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from efficientnet_tf.errors import UserError
 
-from ._random import RandomStream
+from efficientnet_tf.data._random import RandomStream
 
 CROP_PADDING = 32
 AREA_RANGE = (0.08, 1.0)

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf import data, hparams, model_io, prediction, training
+from efficientnet_tf import data, hparams, prediction, run_model, training
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.export import exporter, registry
 from efficientnet_tf.hparams import LayeredConfig, RunConfig
@@ -327,10 +327,10 @@ def export(config: RunConfig, model_dir: str, *, checkpoint: str | None = None, 
     trained_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        model = model_io.build_model_from_config(config, classifier_activation="softmax")
+        model = run_model.build_model_from_config(config, classifier_activation="softmax")
     finally:
         keras.mixed_precision.set_global_policy(trained_policy)
-    model_io.restore_weights(model, path)
+    run_model.restore_weights(model, path)
     size, method = config.model.image_size, config.data.resize_method
     calibration = data.sample_images(source, settings.calibration_images, size, method).numpy()
     images, labels = evaluation_arrays(config, source, settings.eval_images)

@@ -30,16 +30,21 @@ from absl import logging
 import efficientnet_tf.models.layers  # noqa: F401 - registers our serialisable layers and initialisers with Keras
 from efficientnet_tf.data import preprocessing
 from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.evaluation_report.figures import overlay
 from efficientnet_tf.export import registry
-from efficientnet_tf.export.checks import (check_class_names, check_resize_method, default_class_names,
-                                           model_image_size, model_num_classes)
+from efficientnet_tf.export.checks import (
+    check_class_names,
+    check_resize_method,
+    default_class_names,
+    model_image_size,
+    model_num_classes,
+)
 from efficientnet_tf.export.files import LABELS_FILE, read_labels_file
 from efficientnet_tf.export.formats.base import ImagePredictor, Predictor
 from efficientnet_tf.export.keras_model import outputs_probabilities, probabilities_fn
 from efficientnet_tf.gradcam import GradCam
-from efficientnet_tf.model_io import restore_for_inference
 from efficientnet_tf.models.scaling import get_variant
-from efficientnet_tf.results.plots import overlay
+from efficientnet_tf.run_model import restore_for_inference
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TOP_K = 5

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
-
 from efficientnet_tf.data import preprocessing
+
 from efficientnet_tf.errors import UserError
 
 INT8_IO_TYPES = ("uint8", "int8")  # the first is the default: what cameras and MediaPipe feed

@@ -12,8 +12,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-
-from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.export import checks, mediapipe_check, registry
 from efficientnet_tf.export.files import EXPORT_INFO_FILE, LABELS_FILE, REPORT_FILE, write_json, write_labels_file
 from efficientnet_tf.export.formats.base import ExportJob
@@ -21,6 +19,8 @@ from efficientnet_tf.export.formats.litert import LITERT_THREADS
 from efficientnet_tf.export.images import check_decodable, preprocess_batch
 from efficientnet_tf.export.keras_model import outputs_probabilities, write_conversion_source
 from efficientnet_tf.export.verify import format_report, verify_artifacts
+
+from efficientnet_tf.errors import UserError, first_line
 
 _RANDOM_EVAL_IMAGES = 8
 

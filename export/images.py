@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
-
 from efficientnet_tf.data import preprocessing
+
 from efficientnet_tf.errors import UserError, first_line
 
 

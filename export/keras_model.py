@@ -6,7 +6,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
-
 from efficientnet_tf.export.checks import model_image_size, model_num_classes
 
 # Signature of the SavedModel that the converters read.

@@ -16,7 +16,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-
 from efficientnet_tf.export import registry
 from efficientnet_tf.export.formats.base import VerifyInputs, compare, single_image_ms
 from efficientnet_tf.export.formats.litert import MEDIAPIPE_PREFIX

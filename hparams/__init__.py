@@ -10,8 +10,6 @@ A run's resolved config is written and read by `efficientnet_tf.rundir.RunDir` (
 `load_config_file`); reading it back gives an equal `RunConfig`.
 """
 
-from ml_collections import ConfigDict as LayeredConfig  # the mutable config while layers are merged
-
 from efficientnet_tf.hparams.config import (
     DEFAULTS_FILE,
     apply_overrides,
@@ -58,6 +56,7 @@ from efficientnet_tf.hparams.settings import (
     Stage,
     TrainSettings,
 )
+from ml_collections import ConfigDict as LayeredConfig  # the mutable config while layers are merged
 
 __all__ = [
     "DEFAULTS_FILE",

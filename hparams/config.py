@@ -13,19 +13,19 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
 import typing
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
 import yaml
 from absl import logging
-
-from efficientnet_tf.errors import UserError
 from efficientnet_tf.hparams import settings
 from efficientnet_tf.hparams.resolve import resolve
 from efficientnet_tf.hparams.settings import RUN_ONLY_SECTIONS, Facts, RunConfig
 from efficientnet_tf.hparams.variants import variant_layer
+
+from efficientnet_tf.errors import UserError
 from efficientnet_tf.models.scaling import canonical_name
 
 CONFIG_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -15,10 +15,10 @@ from typing import Any
 
 import ml_collections
 from absl import logging
-
-from efficientnet_tf.errors import UserError
 from efficientnet_tf.hparams import settings
 from efficientnet_tf.hparams.settings import Derived, Facts, RunConfig, Stage
+
+from efficientnet_tf.errors import UserError
 from efficientnet_tf.models.scaling import BATCH_NORM_MOMENTUM, DEFAULT_DROP_CONNECT_RATE, get_variant
 from efficientnet_tf.models.weights import published
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf import app, hparams, model_io, training
+from efficientnet_tf import app, hparams, run_model, training
 from efficientnet_tf.data import synthetic_dataset_fn
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.rundir import RunDir
@@ -136,8 +136,8 @@ def test_mixed_precision_checkpoint_evaluates_and_exports_in_float32(tmp_path: p
     # Near-ties of an untrained model flip: at most 2 images in float16, 4% in bfloat16 (8 significant bits).
     assert abs(evaluated.metrics["top1"] - mixed["top1"]) <= (0.04 if policy == "mixed_bfloat16" else 2 / examples)
     assert evaluated.metrics["loss"] == pytest.approx(mixed["loss"], rel=0.02 if policy == "mixed_bfloat16" else 2e-3)
-    model = model_io.build_model_from_config(float_config, classifier_activation="softmax")  # as export builds it
-    model_io.restore_weights(model, RunDir(str(tmp_path)).checkpoint(None))
+    model = run_model.build_model_from_config(float_config, classifier_activation="softmax")  # as export builds it
+    run_model.restore_weights(model, RunDir(str(tmp_path)).checkpoint(None))
     assert {v.dtype for v in model.variables if "float" in v.dtype} == {"float32"} and model.compute_dtype == "float32"
     if exported is None:
         return

@@ -349,7 +349,7 @@ def test_predict_from_every_artifact(exported, trained, dataset, tmp_path):
 
 
 def test_predict_from_training_run_goes_through_the_trainer_seam(trained, dataset, tmp_path, monkeypatch):
-    """A model_dir that is not a SavedModel is restored by efficientnet_tf.model_io.restore_for_inference."""
+    """A model_dir that is not a SavedModel is restored by efficientnet_tf.run_model.restore_for_inference."""
     from efficientnet_tf import prediction as predict_module
 
     calls = []
@@ -546,8 +546,8 @@ def test_int8_lite0_keeps_imagenette_accuracy(tmp_path):
 
 
 def test_exporter_does_not_import_training():
-    """The exporter and predictor restore runs through model_io; the training package stays unloaded."""
-    code = ("import sys, efficientnet_tf.export.exporter, efficientnet_tf.prediction, efficientnet_tf.model_io; "
+    """The exporter and predictor restore runs through run_model; the training package stays unloaded."""
+    code = ("import sys, efficientnet_tf.export.exporter, efficientnet_tf.prediction, efficientnet_tf.run_model; "
             "print(sorted(m for m in sys.modules if m.startswith('efficientnet_tf.training')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})

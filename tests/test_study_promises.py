@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from efficientnet_tf import model_io, study, training
+from efficientnet_tf import run_model, study, training
 from efficientnet_tf.models import counting
 from efficientnet_tf.study import candidates
 from efficientnet_tf.study import plan as study_plan
-from efficientnet_tf.study.results import Correctness, best_search_point, result_rows
+from efficientnet_tf.study.arm_results import Correctness, best_search_point, result_rows
 
 IMAGES = 200  # hold-out images: 100 even-indexed, 100 odd-indexed
 HALF = IMAGES // 2
@@ -234,7 +234,7 @@ def _calibration_fakes(monkeypatch: pytest.MonkeyPatch, clock: _Clock, calls: li
 
     monkeypatch.setattr(study_plan, "time", clock)
     monkeypatch.setattr(training, "Trainer", FakeTrainer)
-    monkeypatch.setattr(model_io, "build_model_from_config", fake_model)
+    monkeypatch.setattr(run_model, "build_model_from_config", fake_model)
 
 
 def test_calibration_by_hand(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, counted_by_formula) -> None:

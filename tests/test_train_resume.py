@@ -95,7 +95,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: pathlib.Path) -
     from efficientnet_tf import hparams
     from efficientnet_tf import training
     from efficientnet_tf.data import synthetic_dataset_fn
-    from efficientnet_tf import model_io
+    from efficientnet_tf import run_model
 
     bad_from_step = 5
     config = hparams.resolve(
@@ -116,7 +116,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: pathlib.Path) -
     message = str(caught.value)
     assert "nan" in message.lower() and "ckpt-4" in message
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-4")
-    restored = model_io.build_model_from_config(config)
-    step = model_io.restore_weights(restored, str(tmp_path / "checkpoints" / "ckpt-4"))
+    restored = run_model.build_model_from_config(config)
+    step = run_model.restore_weights(restored, str(tmp_path / "checkpoints" / "ckpt-4"))
     assert step == 4
     assert all(np.isfinite(np.asarray(v.value)).all() for v in restored.variables)

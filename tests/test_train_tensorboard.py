@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from efficientnet_tf import hparams
 from efficientnet_tf import training
 from efficientnet_tf.data import synthetic_dataset_fn
-from efficientnet_tf import model_io
+from efficientnet_tf import run_model
 from efficientnet_tf.rundir import RunDir
 
 TINY = "model.width_coefficient=0.25,model.depth_coefficient=0.25,model.image_size=32"
@@ -101,7 +101,7 @@ def test_eval_scalars_and_results_file(run: dict) -> None:
     assert [json.loads(line)["step"] for line in history] == [3, 6]
     best = json.loads((run["dir"] / "checkpoints" / "best" / "best.json").read_text())
     assert best["top1"] == pytest.approx(max(json.loads(line)["top1"] for line in history))
-    # Each evaluation's report (efficientnet_tf.results) and its pictures in the images tab.
+    # Each evaluation's report (efficientnet_tf.evaluation_report) and its pictures in the images tab.
     for step in (3, 6):
         summary = json.loads((run["dir"] / "evaluation" / f"step-{step}" / "summary.json").read_text())
         assert summary["examples"] == 40 and "confusion_matrix.png" in summary["files"]
@@ -128,7 +128,7 @@ def test_evaluating_the_checkpoint_again_gives_the_same_numbers(run: dict) -> No
 def test_restore_for_inference_uses_the_moving_average(run: dict) -> None:
     RunDir(str(run["dir"])).write_labels(["a", "b", "c", "d"])
     RunDir(str(run["dir"])).write_config(run["config"])
-    model, config, names = model_io.restore_for_inference(str(run["dir"]))
+    model, config, names = run_model.restore_for_inference(str(run["dir"]))
     assert names == ["a", "b", "c", "d"] and int(config.model.num_classes) == 4
     reader = tf.train.load_checkpoint(str(run["dir"] / "checkpoints" / "ckpt-6"))
     kernel = model.get_layer("predictions").kernel

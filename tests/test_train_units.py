@@ -16,7 +16,7 @@ from efficientnet_tf.errors import UserError
 from efficientnet_tf.training import schedules, strategy
 from efficientnet_tf.training import step as train_step
 from efficientnet_tf.data import synthetic_dataset_fn
-from efficientnet_tf import model_io
+from efficientnet_tf import run_model
 from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.training.checkpoints import CheckpointKeeper
 
@@ -258,7 +258,7 @@ def test_short_run_model_options() -> None:
                               "model.batch_norm_momentum=0.9,model.zero_init_residual=true"]),
         num_classes=3, num_train=64,
     )
-    model = model_io.build_model_from_config(config)
+    model = run_model.build_model_from_config(config)
     norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     assert norms and all(l.momentum == 0.9 for l in norms)
     residual = [l.name[: -len("add")] for l in model.layers if l.name.endswith("add")]

@@ -29,7 +29,7 @@ import tensorflow as tf
 import yaml
 
 import efficientnet_tf as et
-from efficientnet_tf import app, hparams, model_io, training
+from efficientnet_tf import app, hparams, run_model, training
 from efficientnet_tf.data import synthetic_dataset_fn
 from efficientnet_tf.prediction import load_predictor
 from efficientnet_tf.models.normalization import normalization_of, set_normalization
@@ -95,8 +95,8 @@ def _one_line(error) -> str:
 def _restored(run: pathlib.Path, built_with: str) -> keras.Model:
     """The run's latest checkpoint restored into a model built with the `built_with` input normalisation."""
     config = hparams.replace(RunDir(str(run)).read_config(), {"model.normalization": built_with})
-    model = model_io.build_model_from_config(config, classifier_activation="softmax")
-    model_io.restore_weights(model, RunDir(str(run)).checkpoint(None))
+    model = run_model.build_model_from_config(config, classifier_activation="softmax")
+    run_model.restore_weights(model, RunDir(str(run)).checkpoint(None))
     return model
 
 

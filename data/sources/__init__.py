@@ -18,12 +18,12 @@ import os
 
 from efficientnet_tf.errors import UserError
 
-from .base import Source
-from .embedded import DEFAULT_DATASET, embedded_root, embedded_source
-from .folder import FileListSource, folder_source
-from .imagenet import TFRecordSource, imagenet_source
-from .synthetic import SYNTHETIC_CLASSES, SyntheticSource, synthetic_dataset_fn
-from .tfds import TFDSSource, tfds_source
+from efficientnet_tf.data.sources.base import Source
+from efficientnet_tf.data.sources.embedded import DEFAULT_DATASET, embedded_root, embedded_source
+from efficientnet_tf.data.sources.folder import FileListSource, folder_source
+from efficientnet_tf.data.sources.imagenet import TFRecordSource, imagenet_source
+from efficientnet_tf.data.sources.synthetic import SYNTHETIC_CLASSES, SyntheticSource, synthetic_dataset_fn
+from efficientnet_tf.data.sources.tfds import TFDSSource, tfds_source
 
 __all__ = [
     "DEFAULT_DATASET",

@@ -6,7 +6,7 @@ import os
 
 from efficientnet_tf.errors import UserError
 
-from .folder import FileListSource, folder_source
+from efficientnet_tf.data.sources.folder import FileListSource, folder_source
 
 EMBEDDED_DIRNAME = "imagenette_mini"
 DEFAULT_DATASET = "imagenette_mini"

@@ -13,7 +13,7 @@ from absl import logging
 
 from efficientnet_tf.errors import UserError
 
-from .base import Source, num_pipelines
+from efficientnet_tf.data.sources.base import Source, num_pipelines
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 VAL_DIRNAMES = ("val", "validation")

@@ -12,7 +12,7 @@ from absl import logging
 
 from efficientnet_tf.errors import UserError
 
-from .base import Source, absolute_path, glob_files, num_pipelines, size_of
+from efficientnet_tf.data.sources.base import Source, absolute_path, glob_files, num_pipelines, size_of
 
 IMAGENET_NUM_CLASSES = 1000
 IMAGENET_TRAIN_EXAMPLES = 1_281_167

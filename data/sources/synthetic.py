@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from efficientnet_tf.errors import UserError
 
-from .base import Source, num_pipelines
+from efficientnet_tf.data.sources.base import Source, num_pipelines
 
 SYNTHETIC_CLASSES = 10
 SYNTHETIC_TRAIN_IMAGES = 1280

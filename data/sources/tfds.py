@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from efficientnet_tf.errors import UserError, first_line
 
-from .base import Source, absolute_path, is_remote, num_pipelines
+from efficientnet_tf.data.sources.base import Source, absolute_path, is_remote, num_pipelines
 
 
 def _tfds_data_dir(data_dir: str | None) -> str:

@@ -27,7 +27,7 @@ LAZY_NAMES = {  # public name -> module: the model API, also handed on by effici
     "fetch_weights": "efficientnet_tf.models.weights.fetch",
     "normalization_for": "efficientnet_tf.models.weights.published",
     "load_torch_weights": "efficientnet_tf.models.weights.torch_names",
-    "ImportReport": "efficientnet_tf.models.weights.report",
+    "ImportReport": "efficientnet_tf.models.weights.import_report",
     "set_normalization": "efficientnet_tf.models.normalization",
     "normalization_of": "efficientnet_tf.models.normalization",
     "compound_variant": "efficientnet_tf.models.scaling",

@@ -10,9 +10,9 @@ report of the four claims with paired-bootstrap intervals.
 
 Modules: `spec` (the YAML schema and presets), `scaling_rules` (rules as data, the φ=1 grid),
 `candidates` (rules built and counted, FLOPs matching), `plan` (arms, time model, trimming),
-`results` (arm results, predictions, results.csv / .json), `run` (training every arm, resuming),
-`report` (the claims, figures and report.md), `statistics` (paired bootstrap, time fits) and
-`plots` (the PNG figures).
+`arm_results` (arm results, predictions, results.csv / .json), `run` (training every arm, resuming),
+`claims` (the claims, figures and report.md), `statistics` (paired bootstrap, time fits), `plots` (the
+PNG figures) and `writing` (how multiples and notes read; atomic file writes).
 
 A study directory holds:
     study.yaml, plan.json       the spec as read and the plan as run (after trimming)
@@ -45,11 +45,11 @@ from efficientnet_tf.study.spec import (
 _LAZY = {
     "efficientnet_tf.study.plan": ("Arm", "StudyPlan", "TimeModel", "arm_config", "plan_study", "SEARCH_MULTIPLE",
                                    "TIME_EXPONENT", "EVAL_STEP_FRACTION"),
-    "efficientnet_tf.study.results": ("ArmResult", "save_predictions", "load_predictions", "write_results",
+    "efficientnet_tf.study.arm_results": ("ArmResult", "save_predictions", "load_predictions", "write_results",
                                       "RESULT_COLUMNS", "ARM_RESULT_FILE", "TRAIN_RESULT_FILE", "PREDICTIONS_FILE",
                                       "RESULTS_CSV", "RESULTS_JSON", "REPORT_FILE"),
     "efficientnet_tf.study.run": ("ArmProgress", "StudyOutcome", "run_study", "METRICS"),
-    "efficientnet_tf.study.report": ("Claim", "write_report", "VERDICTS", "PLOTS", "BOOTSTRAP_SAMPLES"),
+    "efficientnet_tf.study.claims": ("Claim", "write_report", "VERDICTS", "PLOTS", "BOOTSTRAP_SAMPLES"),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -17,13 +17,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from efficientnet_tf import app, data, hparams, model_io, training
+from efficientnet_tf import app, data, hparams, run_model, training
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.hparams import LayeredConfig, RunConfig
 from efficientnet_tf.models.counting import NetworkCounts
 from efficientnet_tf.study import candidates, scaling_rules
 from efficientnet_tf.study.spec import CONTROLLED_KEYS, PAPER, PARTS, SEARCHED, SearchSpec, StudySpec, paper_rule
-from efficientnet_tf.study.util import format_duration, format_multiple, join_notes, write_text
+from efficientnet_tf.study.writing import format_multiple, join_notes, write_text
+from efficientnet_tf.training.summaries import format_duration
 
 SEARCH_MULTIPLE = 2.0  # the φ = 1 grid doubles the baseline's FLOPs
 # On a CPU small models are overhead-bound: this project's benchmark trains B0 at 106, 40 and 13.4
@@ -278,7 +279,7 @@ def _calibrate(ctx: StudyContext, hardware: app.Hardware, cache: str | None) -> 
         timed = trainer.time_steps(steps, warmup_steps=3)
         setup = time.monotonic() - began - timed
         began = time.monotonic()
-        model = model_io.build_model_from_config(config)
+        model = run_model.build_model_from_config(config)
         forward = tf.function(lambda x: model(x, training=False))
         forward(images[:1]).numpy()
         setup += time.monotonic() - began

@@ -19,19 +19,28 @@ import yaml
 from absl import logging
 from tensorboard.plugins.hparams import api as hp
 
-from efficientnet_tf import app, data, model_io, training
+from efficientnet_tf import app, data, run_model, training
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.hparams import RunConfig
 from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.study import scaling_rules
-from efficientnet_tf.study.plan import Arm, ArmMaker, StudyContext, StudyPlan, arm_config, make_plan, study_context
-from efficientnet_tf.study.report import Claim, write_report
-from efficientnet_tf.study.results import (
-    REPORT_FILE, RESULTS_CSV, RESULTS_JSON, TRAIN_RESULT_FILE, ArmResult, Correctness,
-    best_search_point, result_rows, save_predictions, write_results,
+from efficientnet_tf.study.arm_results import (
+    REPORT_FILE,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    TRAIN_RESULT_FILE,
+    ArmResult,
+    Correctness,
+    best_search_point,
+    result_rows,
+    save_predictions,
+    write_results,
 )
+from efficientnet_tf.study.claims import Claim, write_report
+from efficientnet_tf.study.plan import Arm, ArmMaker, StudyContext, StudyPlan, arm_config, make_plan, study_context
 from efficientnet_tf.study.spec import PARTS, SEARCHED, StudySpec, default_model_dir
-from efficientnet_tf.study.util import format_duration, write_text
+from efficientnet_tf.study.writing import write_text
+from efficientnet_tf.training.summaries import format_duration
 
 METRICS = (("study/top1", "hold-out top-1"), ("study/images_per_second", "training images/s"),
            ("study/latency_ms", "latency ms/image (batch 1)"))
@@ -129,8 +138,8 @@ def _write_arm_hparams(directory: str, arm: Arm, result: ArmResult) -> None:
 
 def _predict_holdout(config: RunConfig, directory: str, source: data.Source) -> tuple[np.ndarray, np.ndarray, float]:
     """Labels and predicted classes of the hold-out with the arm's final weights, and batch-1 latency in ms."""
-    model = model_io.build_model_from_config(config)
-    model_io.restore_weights(model, RunDir(directory).checkpoint("latest"))
+    model = run_model.build_model_from_config(config)
+    run_model.restore_weights(model, RunDir(directory).checkpoint("latest"))
     size = config.model.image_size
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])

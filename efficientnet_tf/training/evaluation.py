@@ -12,11 +12,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf import model_io, results
+from efficientnet_tf import evaluation_report, run_model
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.gradcam import GradCam
-from efficientnet_tf.rundir import RunDir, step_of
 from efficientnet_tf.hparams import RunConfig
+from efficientnet_tf.rundir import RunDir, step_of
 from efficientnet_tf.training.strategy import StrategyInfo
 from efficientnet_tf.training.summaries import Summaries
 
@@ -73,7 +73,7 @@ def make_eval_batch_fn(strategy: tf.distribute.Strategy, model: keras.Model, num
     return eval_batch
 
 
-def collect_details(strategy: tf.distribute.Strategy, per_replica: Any, records: results.EvalRecords) -> None:
+def collect_details(strategy: tf.distribute.Strategy, per_replica: Any, records: evaluation_report.EvalRecords) -> None:
     """Add one batch's per-replica details (see make_eval_batch_fn) to `records` (this worker's replicas)."""
     local = {key: strategy.experimental_local_results(value) for key, value in per_replica.items()}
     for i in range(len(local["labels"])):
@@ -83,7 +83,7 @@ def collect_details(strategy: tf.distribute.Strategy, per_replica: Any, records:
 
 
 def evaluate_model(strategy: tf.distribute.Strategy, eval_batch: Callable, eval_dataset_fn: DatasetFn,
-                   records: results.EvalRecords | None = None) -> dict[str, float]:
+                   records: evaluation_report.EvalRecords | None = None) -> dict[str, float]:
     """Run `eval_batch` over one pass of the distributed eval data and average the sums; with
     `records` (and an eval_batch made with details), also collect the per-example results."""
     dataset = strategy.distribute_datasets_from_function(lambda context: dataset_options(eval_dataset_fn(context)))
@@ -103,10 +103,10 @@ def evaluate_model(strategy: tf.distribute.Strategy, eval_batch: Callable, eval_
     return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "examples": float(count)}
 
 
-def write_eval_report(model: keras.Model, records: results.EvalRecords, model_dir: str, step: int, *,
+def write_eval_report(model: keras.Model, records: evaluation_report.EvalRecords, model_dir: str, step: int, *,
                       summaries: Summaries | None = None, explain: bool = False,
-                      table: bool = True) -> results.EvalReport | None:
-    """The per-checkpoint report (efficientnet_tf.results.report) into <model_dir>/evaluation/step-<N>,
+                      table: bool = True) -> evaluation_report.EvalReport | None:
+    """The per-checkpoint report (efficientnet_tf.evaluation_report.writer) into <model_dir>/evaluation/step-<N>,
     with its pictures in TensorBoard; `explain` adds Grad-CAM overlays to the highest-loss grid, `table`
     logs the per-class table (otherwise one summary line). A report that cannot be written costs a
     warning, never the evaluation."""
@@ -119,7 +119,7 @@ def write_eval_report(model: keras.Model, records: results.EvalRecords, model_di
             images = np.stack([e.image for e in examples])
             heatmaps = list(GradCam(model).heatmaps(images, np.array([e.predicted for e in examples])))
         writer = summaries.eval_writer if summaries is not None and summaries.enabled else None
-        return results.write_report(records, RunDir(model_dir).read_labels(), results.report_dir(model_dir, step),
+        return evaluation_report.write_report(records, RunDir(model_dir).read_labels(), evaluation_report.report_dir(model_dir, step),
                                     step=step, heatmaps=heatmaps, writer=writer, log_table=table)
     except (OSError, tf.errors.OpError, ValueError) as error:
         logging.warning("Could not write the evaluation report of step %d: %s", step, first_line(error))
@@ -147,16 +147,16 @@ def evaluate_checkpoints(
     """
     strategy = strategy_info.strategy
     with strategy.scope():
-        model = model_io.build_model_from_config(config)
+        model = run_model.build_model_from_config(config)
     num_classes = config.model.num_classes
-    eval_batch = make_eval_batch_fn(strategy, model, num_classes, details=results.TOP_LOSS_IMAGES)
+    eval_batch = make_eval_batch_fn(strategy, model, num_classes, details=evaluation_report.TOP_LOSS_IMAGES)
     summaries = Summaries(model_dir, enabled=strategy_info.is_chief, eval_only=True)
     run = RunDir(model_dir)
     final_step = config.train.train_steps
 
     def run_one(path: str) -> dict[str, float]:
-        step = model_io.restore_weights(model, path)
-        records = results.EvalRecords(num_classes)
+        step = run_model.restore_weights(model, path)
+        records = evaluation_report.EvalRecords(num_classes)
         metrics = evaluate_model(strategy, eval_batch, eval_dataset_fn, records)
         summaries.scalars(step, {k: v for k, v in metrics.items() if k != "examples"}, eval=True)
         if strategy_info.is_chief:

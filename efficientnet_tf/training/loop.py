@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf import model_io, results
+from efficientnet_tf import evaluation_report, run_model
 from efficientnet_tf.hparams import RunConfig, Stage, flatten
 from efficientnet_tf.models.ema import ExponentialMovingAverage, averaged_variables
 from efficientnet_tf.models.weights import import_weights
@@ -26,8 +26,7 @@ from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.training import inputs, phases, preemption, schedules
 from efficientnet_tf.training.cadence import ProfilerWindow, SavePoints, TrainingLog
 from efficientnet_tf.training.checkpoints import RunCheckpoints, step_of_checkpoint
-from efficientnet_tf.training.evaluation import (dataset_options, evaluate_model, make_eval_batch_fn,
-                                                 write_eval_report)
+from efficientnet_tf.training.evaluation import dataset_options, evaluate_model, make_eval_batch_fn, write_eval_report
 from efficientnet_tf.training.inputs import EvalDatasetFn, TrainDatasetFn
 from efficientnet_tf.training.step import TrainStep
 from efficientnet_tf.training.strategy import StrategyInfo
@@ -84,7 +83,7 @@ class Trainer:
         # The newest checkpoint that reads back whole; the chief moves unreadable newer ones aside.
         self._resume_from = self.run.readable_checkpoint(quarantine=strategy_info.is_chief)
         with self.strategy.scope():
-            self.model = build_model_fn() if build_model_fn else model_io.build_model_from_config(
+            self.model = build_model_fn() if build_model_fn else run_model.build_model_from_config(
                 config, any_size=config.derived.progressive)
             if config.train.init_weights and self._resume_from is None:
                 self._import_weights(config.train.init_weights)
@@ -110,7 +109,7 @@ class Trainer:
         self.step = self.step_fn.counter
         self.phases = phases.phases_of(config, self.model)
         self._eval_batch = make_eval_batch_fn(self.strategy, self.model, config.model.num_classes,
-                                              details=results.TOP_LOSS_IMAGES)
+                                              details=evaluation_report.TOP_LOSS_IMAGES)
         self._train_iterator: Any = None
         self._checkpoints: RunCheckpoints | None = None
 
@@ -190,7 +189,7 @@ class Trainer:
             raise ValueError("Trainer.evaluate needs eval_dataset_fn")
         self.step_fn.swap_ema()
         # Per-example results of the last evaluation, for its report (confusion matrix, calibration, ...).
-        self.last_eval_records = results.EvalRecords(self.config.model.num_classes)
+        self.last_eval_records = evaluation_report.EvalRecords(self.config.model.num_classes)
         try:
             return evaluate_model(self.strategy, self._eval_batch, self.eval_dataset_fn, self.last_eval_records)
         finally:

@@ -28,8 +28,10 @@ from collections.abc import Iterator
 
 from absl import logging
 
-from efficientnet_tf.errors import EXIT_PREEMPTED  # noqa: F401 - re-exported for efficientnet_tf.training
-from efficientnet_tf.errors import UserError
+from efficientnet_tf.errors import (
+    EXIT_PREEMPTED,  # noqa: F401 - re-exported for efficientnet_tf.training
+    UserError,
+)
 
 METADATA_URL_ENV = "EFFICIENTNET_TF_GCE_METADATA_URL"  # tests point it at a local server
 STOPPING_GRACE_SECONDS = 30.0  # after a stop, repeated signals are ignored this long

@@ -20,7 +20,6 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled has no public form
 
-
 ALARM_WINDOWS = 2
 
 

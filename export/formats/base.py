@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 from absl import logging
-
 from efficientnet_tf.export.checks import check_class_names, default_class_names
 from efficientnet_tf.export.files import EXPORT_INFO_FILE, LABELS_FILE, read_json, read_labels_file
 from efficientnet_tf.export.images import preprocess_batch

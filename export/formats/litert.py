@@ -15,14 +15,26 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 from absl import logging
-
-from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.export import mediapipe_check, metadata
 from efficientnet_tf.export.files import LABELS_FILE, path_size
-from efficientnet_tf.export.formats.base import (ExportFormat, ExportJob, ImagePredictor, Rule, VerifyInputs,
-                                                 by_suffix, compare, error_row, judged, median_ms, names_for,
-                                                 resize_method_of, sidecar_info)
+from efficientnet_tf.export.formats.base import (
+    ExportFormat,
+    ExportJob,
+    ImagePredictor,
+    Rule,
+    VerifyInputs,
+    by_suffix,
+    compare,
+    error_row,
+    judged,
+    median_ms,
+    names_for,
+    resize_method_of,
+    sidecar_info,
+)
 from efficientnet_tf.export.keras_model import SOURCE_SIGNATURE, keras_probabilities
+
+from efficientnet_tf.errors import UserError, first_line
 
 # Name of the TFLite metadata entry holding our JSON (class names, image size, resize method).
 METADATA_NAME = "efficientnet_tf"

@@ -24,13 +24,25 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from efficientnet_tf.export.files import path_size
+from efficientnet_tf.export.formats.base import (
+    LATENCY_IMAGES,
+    ExportFormat,
+    ExportJob,
+    ImagePredictor,
+    VerifyInputs,
+    by_suffix,
+    compare,
+    judged,
+    max_prob_diff,
+    median_ms,
+    names_for,
+    resize_method_of,
+    sidecar_info,
+)
+from efficientnet_tf.export.keras_model import SOURCE_SIGNATURE
 
 from efficientnet_tf.errors import UserError, first_line
-from efficientnet_tf.export.files import path_size
-from efficientnet_tf.export.formats.base import (LATENCY_IMAGES, ExportFormat, ExportJob, ImagePredictor, VerifyInputs,
-                                                 by_suffix, compare, judged, max_prob_diff, median_ms, names_for,
-                                                 resize_method_of, sidecar_info)
-from efficientnet_tf.export.keras_model import SOURCE_SIGNATURE
 
 NAME = "onnx"
 FILE = "model.onnx"

@@ -16,12 +16,23 @@ from importlib.metadata import version as package_version
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from efficientnet_tf.export.files import path_size
+from efficientnet_tf.export.formats.base import (
+    LATENCY_IMAGES,
+    ExportFormat,
+    ExportJob,
+    ImagePredictor,
+    VerifyInputs,
+    compare,
+    judged,
+    max_prob_diff,
+    median_ms,
+    names_for,
+    resize_method_of,
+    sidecar_info,
+)
 
 from efficientnet_tf.errors import UserError, first_line
-from efficientnet_tf.export.files import path_size
-from efficientnet_tf.export.formats.base import (LATENCY_IMAGES, ExportFormat, ExportJob, ImagePredictor, VerifyInputs,
-                                                 compare, judged, max_prob_diff, median_ms, names_for,
-                                                 resize_method_of, sidecar_info)
 
 NAME = "openvino"
 DIRECTORY = "openvino"

@@ -12,15 +12,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-
 from efficientnet_tf.data import preprocessing
-from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.export.checks import check_class_names
 from efficientnet_tf.export.files import path_size
-from efficientnet_tf.export.formats.base import (LATENCY_IMAGES, ExportFormat, ExportJob, VerifyInputs, compare,
-                                                 judged, max_prob_diff, median_ms, single_image_ms)
+from efficientnet_tf.export.formats.base import (
+    LATENCY_IMAGES,
+    ExportFormat,
+    ExportJob,
+    VerifyInputs,
+    compare,
+    judged,
+    max_prob_diff,
+    median_ms,
+    single_image_ms,
+)
 from efficientnet_tf.export.images import preprocess_batch
 from efficientnet_tf.export.keras_model import keras_probabilities, probabilities_fn
+
+from efficientnet_tf.errors import UserError, first_line
 
 NAME = "saved_model"
 DIRECTORY = "saved_model"

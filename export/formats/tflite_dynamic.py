@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import tensorflow as tf
-
 from efficientnet_tf.export.formats.base import EIGHT_BIT_WEIGHTS, ExportJob
 from efficientnet_tf.export.formats.litert import tflite_format
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from efficientnet_tf.export.formats.base import EIGHT_BIT_WEIGHTS, ExportJob
+from efficientnet_tf.export.formats.litert import TFLiteModel, tflite_format
 from tensorflow.lite.python import schema_py_generated as tflite_schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.export.formats.base import EIGHT_BIT_WEIGHTS, ExportJob
-from efficientnet_tf.export.formats.litert import TFLiteModel, tflite_format
 
 NAME = "tflite_int8"
 

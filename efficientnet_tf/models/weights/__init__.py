@@ -14,7 +14,7 @@ from efficientnet_tf.lazy import lazy_names
 
 LAZY_NAMES = {
     "HEAD_LAYER": "efficientnet_tf.models.weights.assign",
-    "ImportReport": "efficientnet_tf.models.weights.report",
+    "ImportReport": "efficientnet_tf.models.weights.import_report",
     "fetch_weights": "efficientnet_tf.models.weights.fetch",
     "import_weights": "efficientnet_tf.models.weights.load",
     "is_weights_name": "efficientnet_tf.models.weights.published",

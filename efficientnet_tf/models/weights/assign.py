@@ -9,7 +9,7 @@ import numpy as np
 from absl import logging
 
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.models.weights.report import ImportReport
+from efficientnet_tf.models.weights.import_report import ImportReport
 
 # keras.applications' ImageNet files store the std (not its square) as the Normalization variance
 # and add a compensating Rescaling layer (tensorflow/tensorflow#49930). Our model has no such

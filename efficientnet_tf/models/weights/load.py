@@ -17,7 +17,7 @@ from efficientnet_tf.models.weights.assign import HEAD_LAYER, assign_layers, wei
 from efficientnet_tf.models.weights.fetch import fetch_weights
 from efficientnet_tf.models.weights.keras_files import weights_of_h5, weights_of_keras_file
 from efficientnet_tf.models.weights.reference import weights_of_reference_checkpoint
-from efficientnet_tf.models.weights.report import ImportReport
+from efficientnet_tf.models.weights.import_report import ImportReport
 from efficientnet_tf.models.weights.torch_names import load_torch_weights
 
 

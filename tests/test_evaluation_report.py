@@ -13,8 +13,8 @@ import tensorflow as tf
 from matplotlib.text import Text
 from PIL import Image
 
-from efficientnet_tf import results
-from efficientnet_tf.results import plots
+from efficientnet_tf import evaluation_report
+from efficientnet_tf.evaluation_report import figures as plots
 from efficientnet_tf.training import evaluation
 
 # A tiny labelled set: 3 classes, 9 images, predictions chosen by hand.
@@ -33,19 +33,19 @@ def _probabilities(predicted: np.ndarray, num_classes: int, confidence: float = 
 
 
 def test_confusion_matrix_matches_a_hand_count():
-    matrix = results.confusion_matrix(LABELS, PREDICTED, 3)
+    matrix = evaluation_report.confusion_matrix(LABELS, PREDICTED, 3)
     np.testing.assert_array_equal(matrix, HAND_MATRIX)
     assert matrix.sum() == len(LABELS)
-    records = results.EvalRecords(3)
+    records = evaluation_report.EvalRecords(3)
     records.add(LABELS[:4], _probabilities(PREDICTED[:4], 3), np.ones(4))
     records.add(LABELS[4:], _probabilities(PREDICTED[4:], 3), np.ones(5))
     np.testing.assert_array_equal(records.confusion(), HAND_MATRIX)
     with pytest.raises(ValueError):
-        results.confusion_matrix([0, 3], [0, 1], 3)
+        evaluation_report.confusion_matrix([0, 3], [0, 1], 3)
 
 
 def test_per_class_figures_match_a_hand_computation():
-    figures = results.per_class_metrics(HAND_MATRIX)
+    figures = evaluation_report.per_class_metrics(HAND_MATRIX)
     # class 0: TP 2, predicted 4 (2 + 0 + 2), support 3; FP 2, FN 1 -> TN 9 - 2 - 2 - 1 = 4
     # class 1: TP 2, predicted 3, support 3; FP 1, FN 1 -> TN 5
     # class 2: TP 1, predicted 2, support 3; FP 1, FN 2 -> TN 5
@@ -54,12 +54,12 @@ def test_per_class_figures_match_a_hand_computation():
     np.testing.assert_allclose(figures["f1"], [2 * 2 / (3 + 4), 2 * 2 / (3 + 3), 2 * 1 / (3 + 2)])
     np.testing.assert_array_equal(figures["support"], [3, 3, 3])
     assert "accuracy" not in figures  # one-vs-rest accuracy reads as a per-class accuracy it is not
-    pairs = results.most_confused_pairs(HAND_MATRIX, 2)
+    pairs = evaluation_report.most_confused_pairs(HAND_MATRIX, 2)
     assert pairs[0] == (2, 0, 2, pytest.approx(2 / 3))
     assert [p[:3] for p in pairs] == [(2, 0, 2), (0, 1, 1)]
-    empty = results.per_class_metrics(np.array([[1, 0], [0, 0]]))
+    empty = evaluation_report.per_class_metrics(np.array([[1, 0], [0, 0]]))
     assert np.isnan(empty["precision"][1]) and np.isnan(empty["recall"][1]) and np.isnan(empty["f1"][1])
-    never_predicted = results.per_class_metrics(np.array([[1, 0], [2, 0]]))
+    never_predicted = evaluation_report.per_class_metrics(np.array([[1, 0], [2, 0]]))
     assert np.isnan(never_predicted["precision"][1]) and never_predicted["recall"][1] == 0
     assert never_predicted["f1"][1] == 0
 
@@ -68,12 +68,12 @@ def test_ece_of_calibrated_predictions_is_about_zero():
     rng = np.random.default_rng(0)
     confidence = rng.uniform(0.3, 1.0, 200_000)
     correct = rng.uniform(size=confidence.size) < confidence  # right exactly as often as it claims
-    calibrated = results.calibration(confidence, correct)
+    calibrated = evaluation_report.calibration(confidence, correct)
     assert calibrated.ece < 0.01
     assert calibrated.counts.sum() == confidence.size
     np.testing.assert_allclose(calibrated.accuracy[calibrated.counts > 1000],
                                calibrated.confidence[calibrated.counts > 1000], atol=0.02)
-    overconfident = results.calibration(np.clip(confidence + 0.2, 0, 1), correct)
+    overconfident = evaluation_report.calibration(np.clip(confidence + 0.2, 0, 1), correct)
     assert overconfident.ece > 0.1
 
 
@@ -90,13 +90,13 @@ def test_confusion_matrix_png_shows_the_expected_classes(tmp_path, num_classes, 
     rng = np.random.default_rng(num_classes)
     labels = rng.integers(0, num_classes, 20 * num_classes)
     predicted = np.where(rng.uniform(size=labels.size) < 0.7, labels, rng.integers(0, num_classes, labels.size))
-    matrix = results.confusion_matrix(labels, predicted, num_classes)
+    matrix = evaluation_report.confusion_matrix(labels, predicted, num_classes)
     names = [f"class number {i}" for i in range(num_classes)]
     picture = plots.confusion_matrix_png(matrix, names, str(tmp_path / "cm.png"))
     width, height = _png_size(picture.path)
     assert len(picture.classes) == shown
     if shown < num_classes:
-        np.testing.assert_array_equal(picture.classes, results.most_confused_classes(matrix, shown))
+        np.testing.assert_array_equal(picture.classes, evaluation_report.most_confused_classes(matrix, shown))
     # Each class keeps a legible cell: at least 20 pixels per row at 100 classes.
     assert height >= 20 * min(shown, 100) and width >= height
     assert picture.pixels.ndim == 3 and max(picture.pixels.shape[:2]) <= plots.SUMMARY_MAX_PIXELS + 1
@@ -104,7 +104,7 @@ def test_confusion_matrix_png_shows_the_expected_classes(tmp_path, num_classes, 
 
 def test_report_files_table_and_tensorboard_images(tmp_path, caplog):
     names = ["tench", "church", "parachute"]
-    records = results.EvalRecords(3, keep=4)
+    records = evaluation_report.EvalRecords(3, keep=4)
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, (len(LABELS), 24, 24, 3)).astype(np.float32)
     probs = _probabilities(PREDICTED, 3)
@@ -114,7 +114,7 @@ def test_report_files_table_and_tensorboard_images(tmp_path, caplog):
     writer = tf.summary.create_file_writer(str(tmp_path / "logs"))
     # absl's own logger level is process state another test may have raised (the command line sets WARNING).
     with caplog.at_level("INFO"), caplog.at_level("INFO", logger="absl"):
-        report = results.write_report(records, names, str(tmp_path / "report"), step=7,
+        report = evaluation_report.write_report(records, names, str(tmp_path / "report"), step=7,
                                       heatmaps=[np.zeros((24, 24))] * 4, writer=writer)
     writer.close()
     directory = tmp_path / "report"
@@ -134,7 +134,7 @@ def test_report_files_table_and_tensorboard_images(tmp_path, caplog):
     assert len(worst) == 4 and all(e.label != e.predicted for e in worst)
     assert set(report.pictures["top_losses"].classes) == {0, 1, 2}
     assert "tench" in caplog.text and "precision" in caplog.text and "parachute -> tench 2x" in caplog.text
-    assert results.report.COLUMNS_NOTE in caplog.text  # each column says what it is
+    assert evaluation_report.writer.COLUMNS_NOTE in caplog.text  # each column says what it is
     assert caplog.text.count("\nparachute ") == 1  # the table's row
     tags = set()
     for event_file in (tmp_path / "logs").iterdir():
@@ -145,11 +145,11 @@ def test_report_files_table_and_tensorboard_images(tmp_path, caplog):
 
 def test_report_without_the_table_logs_one_summary_line(tmp_path, caplog):
     """Evaluations before a run's last one log one line each; the files are written all the same."""
-    records = results.EvalRecords(3, keep=2)
+    records = evaluation_report.EvalRecords(3, keep=2)
     probs = _probabilities(PREDICTED, 3)
     records.add(LABELS, probs, -np.log(probs[np.arange(len(LABELS)), LABELS]))
     with caplog.at_level("INFO"), caplog.at_level("INFO", logger="absl"):
-        results.write_report(records, ["tench", "church", "parachute"], str(tmp_path), step=3, log_table=False)
+        evaluation_report.write_report(records, ["tench", "church", "parachute"], str(tmp_path), step=3, log_table=False)
     messages = [r.getMessage() for r in caplog.records if "step 3" in r.getMessage()]
     assert len(messages) == 1 and "\n" not in messages[0], messages
     # Lowest recall first (parachute 1 of 3), then the most-confused pair.
@@ -162,7 +162,7 @@ def test_top_losses_titles_overlap_no_image_and_no_other_title():
     """Each image's three title lines sit in their own band: none is drawn over an image or another title."""
     rng = np.random.default_rng(3)
     names = [f"a rather long class name {i}" for i in range(10)]
-    examples = [results.TopLoss(5.0 - i / 10, i % 10, (i + 1) % 10, 0.9, 0.01,
+    examples = [evaluation_report.TopLoss(5.0 - i / 10, i % 10, (i + 1) % 10, 0.9, 0.01,
                                 rng.uniform(0, 255, (48, 48, 3)).astype(np.float32)) for i in range(16)]
     figure = plots.top_losses_figure(examples, names)
     figure.canvas.draw()
@@ -185,7 +185,7 @@ def test_reliability_marks_each_bins_mean_confidence_beside_its_accuracy():
     rng = np.random.default_rng(4)
     confidence = rng.uniform(0.2, 1.0, 2000)
     correct = rng.uniform(size=confidence.size) < np.clip(confidence + 0.15, 0, 1)  # under-confident
-    calib = results.calibration(confidence, correct)
+    calib = evaluation_report.calibration(confidence, correct)
     figure = plots.reliability_figure(calib)
     top = figure.axes[0]
     filled = calib.counts > 0
@@ -209,11 +209,11 @@ def test_eval_step_details_feed_the_records():
     labels = rng.integers(0, 4, 50).astype(np.int32)
     strategy = tf.distribute.get_strategy()
     eval_batch = evaluation.make_eval_batch_fn(strategy, model, 4, details=3)
-    records = results.EvalRecords(4, keep=5)
+    records = evaluation_report.EvalRecords(4, keep=5)
     metrics = evaluation.evaluate_model(
         strategy, eval_batch, lambda context: tf.data.Dataset.from_tensor_slices((images, labels)).batch(16), records)
     logits = model(images).numpy()
-    expected = results.confusion_matrix(labels, logits.argmax(-1), 4)
+    expected = evaluation_report.confusion_matrix(labels, logits.argmax(-1), 4)
     np.testing.assert_array_equal(records.confusion(), expected)
     assert records.count == 50 and metrics["examples"] == 50
     assert metrics["top1"] == pytest.approx(np.trace(expected) / 50)

@@ -13,10 +13,11 @@ import numpy as np
 
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.study import plots, scaling_rules, statistics
+from efficientnet_tf.study.arm_results import REPORT_FILE, Correctness, best_search_point
 from efficientnet_tf.study.plan import Arm, StudyPlan
-from efficientnet_tf.study.results import REPORT_FILE, Correctness, best_search_point
 from efficientnet_tf.study.spec import PAPER, PROJECT_DIR, SEARCHED
-from efficientnet_tf.study.util import format_duration, format_multiple, write_text
+from efficientnet_tf.study.writing import format_multiple, write_text
+from efficientnet_tf.training.summaries import format_duration
 
 BOOTSTRAP_SAMPLES = 2000
 VERDICTS = ("holds", "does not hold", "inconclusive", "not run")

@@ -16,7 +16,7 @@ import numpy as np
 
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.study.plan import Arm
-from efficientnet_tf.study.util import write_bytes, write_text
+from efficientnet_tf.study.writing import write_bytes, write_text
 
 ARM_RESULT_FILE = "arm_result.json"
 TRAIN_RESULT_FILE = "train_result.json"

@@ -1,7 +1,7 @@
 """Prediction throughput: `--mode=predict` over a folder of photos for every artifact format, against
 what its two stages allow, and keras.applications' model.predict on the same input pipeline.
 
-    python benchmarks/predict.py --data ../shared/data [--model_dir RUN_DIR] [--limit 1000]
+    python benchmarks/predict_throughput.py --data ../shared/data [--model_dir RUN_DIR] [--limit 1000]
         [--image_size 128] [--batch_size 32] [--formats keras,saved_model,tflite_float32,tflite_int8,onnx,openvino]
         [--out runs/predict_benchmark]
 
@@ -89,7 +89,7 @@ def main() -> int:
     from efficientnet_tf import build_model, export
     from efficientnet_tf import prediction as predictions
     from efficientnet_tf.export.files import LABELS_FILE, write_labels_file
-    from efficientnet_tf.model_io import restore_for_inference
+    from efficientnet_tf.run_model import restore_for_inference
 
     os.makedirs(args.out, exist_ok=True)
     folder = photo_folder(args.data, args.out)

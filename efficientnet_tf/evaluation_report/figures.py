@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from efficientnet_tf.results.metrics import Calibration, TopLoss, most_confused_classes
+from efficientnet_tf.evaluation_report.records import Calibration, TopLoss, most_confused_classes
 
 # Above this many classes the confusion matrix shows only the MOST_CONFUSED classes with the most errors.
 MAX_MATRIX_CLASSES = 100

@@ -1,7 +1,8 @@
-"""Evaluation results people look at: confusion matrix, per-class figures, calibration, highest-loss
-images (NumPy in `metrics`, PNGs in `plots`, the per-checkpoint report in `report`)."""
+"""The evaluation report people look at: confusion matrix, per-class figures, calibration, highest-loss
+images (per-example records and the NumPy figures in `records`, the PNGs in `figures`, the per-checkpoint
+report's files in `writer`)."""
 
-from efficientnet_tf.results.metrics import (
+from efficientnet_tf.evaluation_report.records import (
     TOP_LOSS_IMAGES,
     Calibration,
     EvalRecords,
@@ -12,7 +13,7 @@ from efficientnet_tf.results.metrics import (
     most_confused_pairs,
     per_class_metrics,
 )
-from efficientnet_tf.results.report import EvalReport, report_dir, write_report
+from efficientnet_tf.evaluation_report.writer import EvalReport, report_dir, write_report
 
 __all__ = [
     "TOP_LOSS_IMAGES",

@@ -1,18 +1,8 @@
-"""Small helpers of the scaling study: how durations and compute multiples read, and atomic file writes."""
+"""How the scaling study writes: compute multiples and notes as text, and files written atomically."""
 
 from __future__ import annotations
 
 import os
-
-
-def format_duration(seconds: float) -> str:
-    """A short human duration, as the training log writes it: 45s, 3m05s, 2h10m."""
-    whole = max(0, int(round(seconds)))
-    minutes, secs = divmod(whole, 60)
-    hours, mins = divmod(minutes, 60)
-    if not minutes:
-        return f"{secs}s"
-    return f"{minutes}m{secs:02d}s" if not hours else f"{hours}h{mins:02d}m"
 
 
 def format_multiple(s: float) -> str:
