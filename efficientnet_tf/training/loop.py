@@ -31,7 +31,6 @@ from efficientnet_tf.training.inputs import EvalDatasetFn, TrainDatasetFn
 from efficientnet_tf.training.step import TrainStep
 from efficientnet_tf.training.strategy import StrategyInfo
 from efficientnet_tf.training.summaries import Progress, Summaries, announce
-from efficientnet_tf.training.throughput import InputWaitMeter
 
 
 class NonFiniteLossError(RuntimeError):
@@ -103,9 +102,9 @@ class Trainer:
             v.value for v in self.model.non_trainable_variables if v.path.endswith("seed_generator_state")
         ]
         self._stage: Stage = config.derived.stages[0]
-        self._input_wait = InputWaitMeter(enabled=not config.train.deterministic)
-        self.step_fn = TrainStep(config, strategy_info, self.model, self.optimizer, self.ema, self._input_wait,
+        self.step_fn = TrainStep(config, strategy_info, self.model, self.optimizer, self.ema,
                                  inputs.device_augmentation(config, self._stage))
+        self._input_wait = self.step_fn.input_wait
         self.step = self.step_fn.counter
         self.phases = phases.phases_of(config, self.model)
         self._eval_batch = make_eval_batch_fn(self.strategy, self.model, config.model.num_classes,

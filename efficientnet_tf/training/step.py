@@ -38,15 +38,15 @@ class TrainStep:
     """
 
     def __init__(self, config: RunConfig, info: StrategyInfo, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                 ema: ExponentialMovingAverage | None, input_wait: InputWaitMeter,
-                 device_augment: DeviceAugmentation | None = None):
+                 ema: ExponentialMovingAverage | None, device_augment: DeviceAugmentation | None = None):
         self.model, self.optimizer, self.ema, self.info = model, optimizer, ema, info
         self.strategy = info.strategy
         self.label_smoothing = float(config.train.label_smoothing)
         self.weight_decay = float(config.train.weight_decay)
         self.global_batch = float(config.train.batch_size)
         self.jit_compile = bool(config.runtime.jit_compile)
-        self.input_wait = input_wait
+        # Seconds each call waited for its batches (not measured under op determinism: training/throughput.py).
+        self.input_wait = InputWaitMeter(enabled=not config.train.deterministic)
         self.device_augment = device_augment
         with self.strategy.scope():
             self.counter = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
