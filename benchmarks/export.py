@@ -52,7 +52,7 @@ def _source(data_dir: str, out_dir: str):
         with tarfile.open(archive) as tar:
             tar.extractall(out_dir, filter="data")
         print(f"extracted {archive} in {time.time() - started:.0f}s", flush=True)
-    source = data.get_source(f"folder:{os.path.join(root, 'train')}", holdout_fraction=0.1, seed=0)
+    source = data.get_source(f"folder:{os.path.join(root, 'train')}", None, holdout_fraction=0.1, seed=0)
     return source, f"Imagenette 224sq train archive, seeded 10% hold-out per class ({source.num_eval} images)"
 
 
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from efficientnet_tf import data
     from efficientnet_tf import export, prediction
+    from efficientnet_tf.export import checks
     from efficientnet_tf import get_variant
     from efficientnet_tf.errors import UserError
 
@@ -170,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             model, train_seconds = _train(name, src, args.image_size, args.epochs, args.batch_size, args.seed)
             os.makedirs(model_out, exist_ok=True)
             model.save(saved)
-        image_size = export.common.model_image_size(model) or args.image_size
+        image_size = checks.model_image_size(model) or args.image_size
         try:
             resize_method = resize or get_variant(name).resize_method
         except UserError:  # a restored model named outside the variant table
-            resize_method = export.predict.resize_method_for(model)
+            resize_method = prediction.resize_method_for(model)
         # tf.data's seeded shuffles also depend on the global seed: fix it so that the calibration
         # sample is the same whether the model was trained in this process or reused.
         keras.utils.set_random_seed(args.seed)

@@ -195,6 +195,17 @@ def prepare_run_dir(config: RunConfig, run: RunDir, class_names: Sequence[str], 
         run.write_labels(class_names)
 
 
+def check_qat_start(config: RunConfig, run: RunDir) -> None:
+    """Quantisation-aware training fine-tunes a trained model: a one-line error when there is none to start from."""
+    if config.qat.enabled and not config.train.init_weights and run.latest_checkpoint() is None:
+        raise UserError("quantisation-aware training fine-tunes a trained model: pass --init_weights=RUN_DIR (a "
+                        "training run, whose best checkpoint it starts from) or a weights file")
+    source = config.train.init_weights
+    if config.qat.distill > 0 and not (source and RunDir(source).has_config()):
+        raise UserError(f"qat.distill learns from the trained run a quantisation-aware run starts from: pass "
+                        f"--init_weights=RUN_DIR (a training run directory), not {source or 'nothing'}")
+
+
 def prepare_training(layered: LayeredConfig, *, model_dir: str | None = None,
                      hardware: Hardware = Hardware()) -> PreparedRun:
     """Pick the strategy, open the data, resolve the config, seed, and set up the run directory."""
@@ -204,6 +215,7 @@ def prepare_training(layered: LayeredConfig, *, model_dir: str | None = None,
     configure_randomness(config)
     training.set_precision(config.runtime.mixed_precision)
     run = RunDir(model_dir or default_model_dir(config))
+    check_qat_start(config, run)
     # One writer per run directory: the chief locks it before touching config.yaml or checkpoints.
     lock = RunLock.acquire(run.path) if info.is_chief else None
     try:
@@ -306,6 +318,12 @@ class ExportOutcome:
     export_dir: str
 
 
+def float_start(config: RunConfig) -> keras.Model | None:
+    """A quantisation-aware run's float start (the run directory it started from, best checkpoint, softmax
+    output), when it is still there: the export report compares the int8 file with it too."""
+    return run_model.float_start_model(config, classifier_activation="softmax")
+
+
 def export(config: RunConfig, model_dir: str, *, checkpoint: str | None = None, export_dir: str | None = None,
            ready: Callable[[], None] | None = None) -> ExportOutcome:
     """The artifacts of export.formats from a run's checkpoint (EMA weights), verified on held-out images.
@@ -348,7 +366,7 @@ def export(config: RunConfig, model_dir: str, *, checkpoint: str | None = None, 
     report = exporter.run_export(model, class_names=names, image_size=size, resize_method=method,
                                  export_dir=target, formats=chosen, representative_images=calibration,
                                  eval_images=images, eval_labels=labels, int8_io=settings.int8_io,
-                                 model_info=model_info)
+                                 model_info=model_info, float_reference=float_start(config))
     return ExportOutcome(report, target)
 
 

@@ -1,6 +1,7 @@
 """efficientnet-tf command line: flags -> config -> `efficientnet_tf.app` -> one-line errors.
 
     python main.py                                   # B0 on the embedded images, a few minutes on a CPU
+    python main.py --model=efficientnetv2-b0         # EfficientNetV2-B0 on the same images
     python main.py --model=efficientnet-b2 --dataset=imagenet --data_dir=gs://... --tpu=my-tpu
     python main.py --mode=eval --model_dir=runs/efficientnet-b0-imagenette_mini
     python main.py --mode=export --model_dir=...     # SavedModel + TFLite, verified
@@ -39,8 +40,9 @@ EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Model name: efficientnet-b0 ... b8, -l2, -lite0 ... lite4, -phi<φ>. "
-                    "Default: model.name of the config (efficientnet-b0).")
+flags.DEFINE_string("model", None, "Model name: efficientnet-b0 ... b8, -l2, -lite0 ... lite4, -phi<φ>; "
+                    "efficientnetv2-b0 ... b3, -s, -m, -l, -xl (EfficientNetV2, with its progressive-learning "
+                    "recipe). Default: model.name of the config (efficientnet-b0).")
 flags.DEFINE_alias("model_name", "model")
 flags.DEFINE_enum("mode", "train_and_eval", MODES, "What to do.")
 flags.DEFINE_string("dataset", None, "imagenette_mini (embedded, the default), imagenet, tfds:<name>[:<config>], "

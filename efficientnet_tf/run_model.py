@@ -14,19 +14,23 @@ from absl import logging
 
 from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.hparams import RunConfig
+from efficientnet_tf.models import quantize
 from efficientnet_tf.models.builder import build_model
-from efficientnet_tf.models.ema import ExponentialMovingAverage, averaged_variables, batch_norm_layers
+from efficientnet_tf.models.ema import ExponentialMovingAverage, averaged_variables
 from efficientnet_tf.models.normalization import refresh_normalization
+from efficientnet_tf.models.weights import import_weights
+from efficientnet_tf.models.weights.import_report import ImportReport
 from efficientnet_tf.rundir import RunDir
 
 
 def build_model_from_config(config: RunConfig, *, classifier_activation: str | None = None,
-                            any_size: bool = False) -> keras.Model:
+                            any_size: bool = False, quantized: bool | None = None) -> keras.Model:
     """The EfficientNet a resolved config describes (float32 logits unless an activation is given); with
     `any_size` it takes images of any height and width (progressive learning trains at several sizes).
 
     Every argument comes from the config: the builder's own defaults are for people who call it directly.
     The dropout layer gets the highest rate any training stage uses (progressive stages set it per stage).
+    With qat.enabled (or `quantized`) the model is its quantisation-aware version (models/quantize.py).
     """
     model = config.model
     size = model.image_size
@@ -43,10 +47,13 @@ def build_model_from_config(config: RunConfig, *, classifier_activation: str | N
         depth_coefficient=model.depth_coefficient,
         normalization=model.normalization,
     )
-    for layer in batch_norm_layers(built):
-        layer.momentum = model.batch_norm_momentum
+    for layer in built.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = model.batch_norm_momentum
     if model.zero_init_residual:
         zero_init_residual_blocks(built)
+    if config.qat.enabled if quantized is None else quantized:
+        return quantize.quantize_model(built, range_momentum=config.qat.range_momentum)
     return built
 
 
@@ -107,3 +114,57 @@ def restore_for_inference(
     model = build_model_from_config(config, classifier_activation=classifier_activation)
     restore_weights(model, path)
     return model, config, run.read_labels()
+
+
+def start_checkpoint(run: RunDir) -> str:
+    """The checkpoint a run started from a run directory takes: its best, else its latest."""
+    try:
+        return run.checkpoint("best")
+    except UserError:
+        path = run.checkpoint("latest")
+        logging.info("%s has no best checkpoint (it ran without evaluation); starting from its latest", run.path)
+        return path
+
+
+def float_start_model(config: RunConfig, *, classifier_activation: str | None = None) -> keras.Model | None:
+    """The model a quantisation-aware run started from: its train.init_weights run directory's best (else
+    latest) checkpoint in that run's own model. None when the run is not quantisation-aware or did not start
+    from a run directory (or the directory is gone)."""
+    source = config.train.init_weights
+    if not config.qat.enabled or not source or not RunDir(source).has_config():
+        return None
+    start = RunDir(source)
+    model = build_model_from_config(start.read_config(), classifier_activation=classifier_activation)
+    restore_weights(model, start_checkpoint(start))
+    return model
+
+
+def import_initial_weights(model: keras.Model, config: RunConfig, source: str, record: RunDir | None = None
+                           ) -> ImportReport:
+    """Load train.init_weights into a new run's model: a run directory's best checkpoint (else its latest,
+    averaged weights when it kept them), or a weights file or name through the importer. A float start goes
+    into a quantisation-aware model through its float model. With `record`, the report is logged and saved
+    there as import_report.json."""
+    # A quantisation-aware run's model takes float weights through its float model.
+    target = build_model_from_config(config, quantized=False) if config.qat.enabled else model
+    run = RunDir(source)
+    if run.has_config():
+        start = run.read_config()
+        if start.model.name != config.model.name:
+            raise UserError(f"--init_weights={source} is a run of {start.model.name}, but this run trains "
+                            f"{config.model.name}; start from a run of {config.model.name}")
+        target = model if start.qat.enabled else target
+        path = start_checkpoint(run)
+        restore_weights(target, path)
+        report = ImportReport(loaded=[layer.name for layer in target.layers if layer.weights], path=path,
+                              kind="training run checkpoint")
+    else:
+        # A normalisation the config names (or a weights name implies) wins; null: the weights file's own.
+        report = import_weights(target, source, new_head=config.finetune.new_head,
+                                keep_normalization=config.model.normalization is not None)
+    if target is not model:
+        quantize.load_float_weights(model, target)
+    logging.info("Initial weights from %s:\n%s", source, report.format())
+    if record is not None:
+        record.write_import_report(source, report.to_dict())
+    return report

@@ -14,15 +14,18 @@ import tensorflow as tf
 from absl import logging
 from efficientnet_tf.export import checks, mediapipe_check, registry
 from efficientnet_tf.export.files import EXPORT_INFO_FILE, LABELS_FILE, REPORT_FILE, write_json, write_labels_file
-from efficientnet_tf.export.formats.base import ExportJob
+from efficientnet_tf.export.formats.base import ExportJob, compare
 from efficientnet_tf.export.formats.litert import LITERT_THREADS
 from efficientnet_tf.export.images import check_decodable, preprocess_batch
-from efficientnet_tf.export.keras_model import outputs_probabilities, write_conversion_source
+from efficientnet_tf.export.formats.tflite_int8 import QAT
+from efficientnet_tf.export.keras_model import keras_probabilities, outputs_probabilities, write_conversion_source
 from efficientnet_tf.export.verify import format_report, verify_artifacts
 
 from efficientnet_tf.errors import UserError, first_line
+from efficientnet_tf.models import quantize
 
 _RANDOM_EVAL_IMAGES = 8
+FLOAT_START_ROW = "keras float start"  # a quantisation-aware model's float start: for comparison, no limit
 
 
 def _check_images(name: str, images: np.ndarray | None, image_size: int) -> np.ndarray | None:
@@ -79,6 +82,7 @@ def run_export(
     eval_jpeg_bytes: list[bytes] | None = None,
     int8_io: str = "uint8",
     model_info: dict | None = None,
+    float_reference: keras.Model | None = None,
 ) -> dict:
     """Export `model` to each format under `export_dir`, verify every artifact, return the report.
 
@@ -90,7 +94,9 @@ def run_export(
     `formats` defaults to every format this installation can write (efficientnet_tf.export.registry).
     `model_info` (name, description, version, author, license) goes into each .tflite's standard metadata.
     A format whose conversion fails is reported (row with its error, `all_passed` false) while the others
-    are still written and verified.
+    are still written and verified. `float_reference` (a quantisation-aware model's float start, ending in
+    a softmax) adds a row with its accuracy and agreement on the same images, for comparison only, and each
+    .tflite row's top-1 agreement with it (`start_agreement`).
     """
     started = time.time()
     formats = registry.default_formats() if formats is None else registry.check(formats)
@@ -169,6 +175,7 @@ def run_export(
     )
     export_seconds = time.time() - started
 
+    start = None if float_reference is None else keras_probabilities(float_reference, images, True)
     rows = verify_artifacts(
         model,
         artifacts,
@@ -180,9 +187,14 @@ def run_export(
         image_size=image_size,
         resize_method=resize_method,
         class_names=class_names,
+        start=start,
     )
     rows += [{"format": fmt, "path": None, "error": error, "check": "converts", "passed": False}
              for fmt, error in failures.items()]  # fmt: skip
+    if start is not None:
+        reference = keras_probabilities(model, images, probabilities)
+        rows.insert(1, {"format": FLOAT_START_ROW, "path": None, **compare(reference, start, labels_for_images),
+                        "runtime": "tensorflow (the float model it started from)", "check": "", "passed": True})
     for row in rows:
         if row["path"]:
             row["path"] = os.path.relpath(row["path"], export_dir)
@@ -198,6 +210,7 @@ def run_export(
         "litert_threads": LITERT_THREADS,
         "mediapipe": mediapipe_check.version() or f"not installed: check skipped ({mediapipe_check.EXTRA_HINT})",
         "failed_formats": sorted(failures),
+        "quantization": QAT if quantize.is_quantized(model) else "post-training",
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "export_seconds": round(export_seconds, 1),

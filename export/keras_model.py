@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
+from efficientnet_tf.models.fake_quant import PROBABILITY_RANGE, ActivationQuantizer
 from efficientnet_tf.export.checks import model_image_size, model_num_classes
 
 # Signature of the SavedModel that the converters read.
@@ -15,6 +16,9 @@ SOURCE_INPUT = "images"
 
 def outputs_probabilities(model: keras.Model) -> bool:
     """Whether the model already ends in a softmax (True) or returns logits (False)."""
+    if model.layers and isinstance(model.layers[-1], ActivationQuantizer):
+        # A quantisation-aware model: its softmax is rounded to the fixed 1/256 steps, its logits are not.
+        return model.layers[-1].fixed_range == PROBABILITY_RANGE and "softmax" in model.layers[-1].name
     activation = getattr(model.layers[-1], "activation", None) if model.layers else None
     name = getattr(activation, "__name__", "")
     if name == "softmax":

@@ -63,11 +63,12 @@ def verify_artifacts(
     image_size: int,
     resize_method: str,
     class_names: list[str] | None = None,
+    start: np.ndarray | None = None,
 ) -> list[dict]:
     """The Keras row, then each artifact's rows, then the rows of other programs loading them (MediaPipe),
     each judged by its format's rule."""
     inputs = VerifyInputs(model, probabilities, images, keras_probabilities(model, images, probabilities), labels,
-                          jpeg_bytes, jpeg_labels, image_size, resize_method, list(class_names or []))
+                          jpeg_bytes, jpeg_labels, image_size, resize_method, list(class_names or []), start)
     rows = [keras_row(model, inputs)]
     for name, path in artifacts.items():
         started = time.time()
@@ -139,6 +140,9 @@ def format_report(report: dict) -> str:
     for row in report.get("artifacts", []):
         if row.get("error"):
             table.append(f"{row['format']}: {row['error']}")
+        if row.get("start_agreement") is not None:
+            table.append(f"{row['format']}: decides as the float model it was trained from (keras float start) on "
+                         f"{_fmt(row['start_agreement'], 'pct')} of the eval images")
         name = format_of_row(row["format"])
         if name is not None and registry.get(name).notes is not None:
             table += registry.get(name).notes(row, report)

@@ -283,6 +283,43 @@ def _deep_update(target: dict[str, Any], values: Mapping[str, Any]) -> None:
             target[key] = dict(value) if isinstance(value, Mapping) else value
 
 
+RUN_CONFIG_FILE = "config.yaml"  # a training run's resolved config, in its --model_dir
+
+
+def start_run(init_weights: str | None) -> dict[str, Any] | None:
+    """The model and data sections of the training run `train.init_weights` names, when it names a run
+    directory (one holding a config.yaml); None for a weights file or a pretrained-weights name."""
+    if not init_weights or not os.path.isfile(os.path.join(init_weights, RUN_CONFIG_FILE)):
+        return None
+    path = os.path.join(init_weights, RUN_CONFIG_FILE)
+    values = _read_yaml(path)
+    if not isinstance(values, Mapping) or not isinstance(values.get("model"), Mapping):
+        raise UserError(f"{path} is not a config written by training (no model: section)")
+    return {"model": dict(values["model"]), "data": dict(values.get("data") or {})}
+
+
+def _start_run_layer(probe: ml_collections.ConfigDict, flag_values: Mapping[str, Any],
+                     overrides: Sequence[str]) -> dict[str, Any] | None:
+    """The layer a run directory as train.init_weights brings: its model settings, and its data settings unless
+    this command names a dataset; a one-line error when this command names another model."""
+    source = probe.train.init_weights
+    start = start_run(source)
+    if start is None:
+        return None
+    trained = start["model"]["name"]
+    named = "model.name" in flag_values or any(re.search(r"(^|,)\s*model\.name\s*=", item) for item in overrides)
+    if (named or probe.model.name != default_config().model.name) and canonical_name(probe.model.name) != trained:
+        raise UserError(f"--init_weights={source} is a run of {trained}, but this command sets "
+                        f"{canonical_name(probe.model.name)}; leave --model out to take the run's model, or start "
+                        f"from a run of {canonical_name(probe.model.name)}")
+    layer: dict[str, Any] = {"model": start["model"]}
+    if "data.dataset" in flag_values or probe.data.dataset != default_config().data.dataset:
+        layer["model"] = {**start["model"], "num_classes": None}  # another dataset: its own classes
+    else:
+        layer["data"] = start["data"]
+    return layer
+
+
 def build_config(
     overrides: Sequence[str] = (),
     flag_values: Mapping[str, Any] | None = None,
@@ -299,6 +336,10 @@ def build_config(
     for key, value in flag_values.items():
         set_value(probe, key, value, f"flag for {key}")
     model_name, dataset = canonical_name(probe.model.name), probe.data.dataset
+    run_layer = _start_run_layer(probe, flag_values, overrides)
+    if run_layer is not None:
+        model_name = run_layer["model"]["name"]
+        dataset = run_layer.get("data", {}).get("dataset", dataset)
 
     config = default_config()
     variant = variant_layer(model_name)
@@ -307,6 +348,8 @@ def build_config(
     path = dataset_file(dataset)
     if path:
         merge(config, read_layer(path), os.path.relpath(path, os.path.dirname(CONFIG_DIR)))
+    if run_layer is not None:
+        merge(config, run_layer, f"{probe.train.init_weights}/{RUN_CONFIG_FILE} (model and data of the start run)")
     apply_overrides(config, overrides)
     for key, value in flag_values.items():
         set_value(config, key, value, f"flag for {key}")

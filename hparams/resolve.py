@@ -19,7 +19,7 @@ from efficientnet_tf.hparams import settings
 from efficientnet_tf.hparams.settings import Derived, Facts, RunConfig, Stage
 
 from efficientnet_tf.errors import UserError
-from efficientnet_tf.models.scaling import BATCH_NORM_MOMENTUM, DEFAULT_DROP_CONNECT_RATE, get_variant
+from efficientnet_tf.models.scaling import DEFAULT_DROP_CONNECT_RATE, get_variant
 from efficientnet_tf.models.weights import published
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -119,8 +119,10 @@ def progressive_stages(values: dict[str, Any], total_steps: int) -> tuple[Stage,
     eval_size = int(model["image_size"])
     final_size = int(spec["image_size_end"]) if spec["image_size_end"] is not None else eval_size
     if not 0 < final_size <= eval_size:
+        # EfficientNetV2 variants set it (hparams/variants.py), so a smaller model.image_size lands here.
         raise UserError(f"train.progressive.image_size_end must be between 1 and model.image_size "
-                        f"({eval_size}), got {final_size}")
+                        f"({eval_size}), got {final_size}; lower it too, or set train.progressive.stages=0 "
+                        "to train at one size")
     start_size = int(spec["image_size_start"]) if spec["image_size_start"] is not None else _round_size(
         final_size / 2, step)
     if not 0 < start_size <= final_size:
@@ -170,7 +172,7 @@ def _resolve_model(model: dict[str, Any], facts: Facts, init_weights: str | None
     if model["drop_connect_rate"] is None:
         model["drop_connect_rate"] = DEFAULT_DROP_CONNECT_RATE
     if model["batch_norm_momentum"] is None:
-        model["batch_norm_momentum"] = BATCH_NORM_MOMENTUM
+        model["batch_norm_momentum"] = float(variant.batch_norm_momentum)
     if model["width_coefficient"] is None:
         model["width_coefficient"] = float(variant.width)
     if model["depth_coefficient"] is None:
@@ -218,6 +220,44 @@ def _finetune_steps(finetune: dict[str, Any], steps_per_epoch: int) -> tuple[int
     return int(round(freeze * steps_per_epoch)), every_steps
 
 
+def _resolve_qat(values: dict[str, Any], steps_per_epoch: int) -> tuple[int | None, int | None]:
+    """Quantisation-aware training's checks and settings: float32, one image size, the int8 file as the export;
+    returns the steps at which batch norm and the activation ranges freeze (None: never, or QAT off)."""
+    qat, runtime, train, export = values["qat"], values["runtime"], values["train"], values["export"]
+    qat["distill"] = float(qat["distill"])
+    if not 0.0 <= qat["distill"] <= 1.0:
+        raise UserError(f"qat.distill is the start model's share of the training target, between 0 (the labels) and "
+                        f"1 (its probabilities), got {qat['distill']}")
+    if not qat["enabled"]:
+        if qat["distill"] > 0:
+            raise UserError("qat.distill is part of quantisation-aware training: use it with qat.enabled=true "
+                            "(hparams/qat.yaml)")
+        return None, None
+    if runtime["mixed_precision"] == "auto":
+        runtime["mixed_precision"] = "float32"  # the simulation computes in float32, as the converter reads it
+    elif runtime["mixed_precision"] != "float32":
+        raise UserError(f"quantisation-aware training runs in float32; drop runtime.mixed_precision="
+                        f"{runtime['mixed_precision']}")
+    if int(train["progressive"]["stages"]) > 0:
+        raise UserError("quantisation-aware training trains at one image size (the file's); set "
+                        "train.progressive.stages=0")
+    if not 0.0 < float(qat["range_momentum"]) < 1.0:
+        raise UserError(f"qat.range_momentum must be between 0 and 1, got {qat['range_momentum']}")
+    formats = export["formats"]
+    if formats is None:
+        export["formats"] = ["tflite_int8"]
+    elif ([formats] if isinstance(formats, str) else list(formats)) != ["tflite_int8"]:
+        raise UserError(f"a quantisation-aware run exports its int8 file only (export.formats=[tflite_int8]), got "
+                        f"{formats}; export the run it started from for the float formats")
+    steps = []
+    for key in ("freeze_batch_norm_epochs", "freeze_ranges_epochs"):
+        epochs = qat[key]
+        if epochs is not None and float(epochs) < 0:
+            raise UserError(f"qat.{key} must be >= 0 or null (never), got {epochs}")
+        steps.append(None if epochs is None else int(round(float(epochs) * steps_per_epoch)))
+    return steps[0], steps[1]
+
+
 def check_augment_backend(data: dict[str, Any], train: dict[str, Any]) -> None:
     """data.augment_backend=keras_cv: refuse, in one line, what keras-cv's RandAugment cannot run
     (the reasons are in data/augment_keras_cv.py)."""
@@ -261,6 +301,7 @@ def resolve(
     _resolve_train(train, facts, data["dataset"])
     if values["eval"]["batch_size"] is None:
         values["eval"]["batch_size"] = int(train["batch_size"])
+    qat_steps = _resolve_qat(values, int(train["steps_per_epoch"]))
     runtime = values["runtime"]
     runtime["mixed_precision"] = precision_policy(runtime["mixed_precision"], facts.device_type)
     runtime["jit_compile"] = use_xla(runtime["jit_compile"], facts.device_type)
@@ -279,6 +320,8 @@ def resolve(
         unfreeze_every_steps=every_steps,
         profile_steps=parse_profile_steps(train["profile_steps"]),
         input_wait_alarm=input_wait_alarm(train["input_wait_alarm"]),
+        qat_freeze_batch_norm_step=qat_steps[0],
+        qat_freeze_ranges_step=qat_steps[1],
     )
     sections = {name: settings.build(cls, values[name]) for name, cls in settings.SECTIONS.items()
                 if name not in settings.RUN_ONLY_SECTIONS}

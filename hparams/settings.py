@@ -160,6 +160,17 @@ class ExportSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class QatSettings:
+    """qat.*: quantisation-aware training of a trained model (efficientnet_tf/models/quantize.py)."""
+
+    enabled: bool
+    freeze_batch_norm_epochs: float | None
+    freeze_ranges_epochs: float | None
+    range_momentum: float
+    distill: float  # the float start's share of the training target: 0 the labels, 1 its probabilities
+
+
+@dataclasses.dataclass(frozen=True)
 class Facts:
     """What a configuration is resolved against: the dataset's counts and the hardware."""
 
@@ -207,6 +218,8 @@ class Derived:
     unfreeze_every_steps: int
     profile_steps: tuple[int, int] | None
     input_wait_alarm: float | None  # the input-bound alarm's threshold, None when off
+    qat_freeze_batch_norm_step: int | None = None  # QAT: batch norm stops updating from this step (None: never)
+    qat_freeze_ranges_step: int | None = None  # QAT: activation ranges stop moving from this step (None: never)
 
     @property
     def progressive(self) -> bool:
@@ -225,6 +238,7 @@ class RunConfig:
     runtime: RuntimeSettings
     eval: EvalSettings
     export: ExportSettings
+    qat: QatSettings
     facts: Facts
     derived: Derived
 

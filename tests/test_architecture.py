@@ -28,10 +28,10 @@ SKIPPED_FOLDERS = {"imagenette_mini", "__pycache__"}
 LAYERS: list[tuple[str, list[list[str]]]] = [
     ("base", [["efficientnet_tf.errors"], ["efficientnet_tf.version"], ["efficientnet_tf.lazy"]]),
     ("model core", [["efficientnet_tf.models.scaling", "efficientnet_tf.models.layers",
-                     "efficientnet_tf.models.normalization"]]),
+                     "efficientnet_tf.models.normalization", "efficientnet_tf.models.fake_quant"]]),
     ("weight import", [["efficientnet_tf.models.weights"]]),
     ("model library", [["efficientnet_tf.models.builder", "efficientnet_tf.models.counting",
-                        "efficientnet_tf.models.ema", "=efficientnet_tf.models"]]),
+                        "efficientnet_tf.models.ema", "efficientnet_tf.models.quantize", "=efficientnet_tf.models"]]),
     ("configuration", [["efficientnet_tf.hparams"]]),
     ("runs, data, evaluation report", [["efficientnet_tf.rundir"], ["efficientnet_tf.runlock"], ["efficientnet_tf.evaluation_report"],
                              ["efficientnet_tf.gradcam"], ["efficientnet_tf.data"]]),

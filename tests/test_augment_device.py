@@ -28,6 +28,7 @@ if __name__ != "__main__":
     import keras
     import tensorflow as tf
 
+    import reference_policy
     from efficientnet_tf import app, hparams, training
     from efficientnet_tf.data import augment as A
     from efficientnet_tf.data import augment_device as D
@@ -286,16 +287,17 @@ def test_autoaugment_plan_follows_policy_v0_per_image():
     for stage, (op_ids, arguments) in enumerate(plan):
         op_ids, arguments = op_ids.numpy(), arguments.numpy()
         expected = np.zeros(len(A.OP_NAMES) + 1)
-        for sub_policy in A.POLICY_V0:
+        for sub_policy in reference_policy.POLICY_V0:  # the reference's table, not the one under test
             name, probability, _ = sub_policy[stage]
-            expected[A.OP_NAMES.index(name)] += probability / len(A.POLICY_V0)
+            expected[A.OP_NAMES.index(name)] += probability / len(reference_policy.POLICY_V0)
         expected[-1] = 1.0 - expected[:-1].sum()  # not applied
         counts = np.bincount(np.where(op_ids < 0, len(A.OP_NAMES), op_ids), minlength=len(A.OP_NAMES) + 1)
         np.testing.assert_allclose(counts / batch, expected, atol=0.012)
         # Each applied op carries an argument of its own level in some sub-policy.
         for op_id in np.unique(op_ids[op_ids >= 0]):
             name = A.OP_NAMES[op_id]
-            levels = {float(A.op_argument(n, level)) for sp in A.POLICY_V0 for n, _, level in [sp[stage]] if n == name}
+            levels = {float(A.op_argument(n, level)) for sp in reference_policy.POLICY_V0
+                      for n, _, level in [sp[stage]] if n == name}
             assert set(np.unique(arguments[op_ids == op_id]).tolist()) <= {np.float32(v) for v in levels}
 
 

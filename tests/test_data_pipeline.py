@@ -59,6 +59,12 @@ def test_eval_preprocessing_takes_the_central_crop():
     np.testing.assert_allclose(out.reshape(-1, 3), np.tile([0, 0, 220], (56 * 56, 1)), atol=1e-3)
     window = preprocessing.center_crop_window(tf.constant([100, 160, 3]), 56).numpy()
     assert window.tolist() == [19, 49, 63, 63]
+    # The offset is (side - crop + 1) // 2, as the reference's: an even margin (102 - 64 = 38) splits in half, an
+    # odd one (100 - 63 = 37, above) rounds up.
+    assert preprocessing.center_crop_window(tf.constant([102, 102, 3]), 56).numpy().tolist() == [19, 19, 64, 64]
+    # A 2x2 image: the crop is one pixel (int(56/88·2) = 1), the bottom-right one, filling the whole output.
+    tiny = np.array([[[10, 10, 10], [20, 20, 20]], [[30, 30, 30], [40, 40, 40]]], np.uint8)
+    np.testing.assert_allclose(preprocessing.preprocess_for_eval(_png(tiny), 56).numpy(), 40.0, atol=1e-3)
 
 
 def test_eval_preprocessing_jpeg_and_png_agree():

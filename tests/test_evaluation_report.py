@@ -85,20 +85,44 @@ def _png_size(path) -> tuple[int, int]:
         return image.size
 
 
-@pytest.mark.parametrize("num_classes, shown", [(10, 10), (100, 100), (130, plots.MOST_CONFUSED)])
-def test_confusion_matrix_png_shows_the_expected_classes(tmp_path, num_classes, shown):
+def _drawn_figures(monkeypatch) -> list:
+    """Every matplotlib figure the plots render, to read back their titles and tick labels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    drawn, draw = [], FigureCanvasAgg.draw
+
+    def recording_draw(canvas):
+        drawn.append(canvas.figure)
+        return draw(canvas)
+
+    monkeypatch.setattr(FigureCanvasAgg, "draw", recording_draw)
+    return drawn
+
+
+@pytest.mark.parametrize("num_classes", [10, 100, 130])
+def test_confusion_matrix_png_shows_the_expected_classes(tmp_path, monkeypatch, num_classes):
+    """Up to 100 classes all are drawn; above, the 40 with the most errors, planted here by hand (every other
+    class is always right), and the title says how many of how many are shown."""
     rng = np.random.default_rng(num_classes)
-    labels = rng.integers(0, num_classes, 20 * num_classes)
-    predicted = np.where(rng.uniform(size=labels.size) < 0.7, labels, rng.integers(0, num_classes, labels.size))
-    matrix = evaluation_report.confusion_matrix(labels, predicted, num_classes)
-    names = [f"class number {i}" for i in range(num_classes)]
+    matrix = np.diag(rng.integers(5, 20, num_classes))
+    confused = np.sort(rng.choice(num_classes, size=min(plots.MOST_CONFUSED, num_classes), replace=False))
+    for true, predicted in zip(confused, np.roll(confused, 1)):  # a ring of errors among the planted classes
+        matrix[true, predicted] += int(rng.integers(1, 4))
+    names = [f"c{i:03d}" for i in range(num_classes)]
+    drawn = _drawn_figures(monkeypatch)
     picture = plots.confusion_matrix_png(matrix, names, str(tmp_path / "cm.png"))
     width, height = _png_size(picture.path)
-    assert len(picture.classes) == shown
-    if shown < num_classes:
-        np.testing.assert_array_equal(picture.classes, evaluation_report.most_confused_classes(matrix, shown))
+    shown = np.arange(num_classes) if num_classes <= 100 else confused
+    np.testing.assert_array_equal(picture.classes, shown)
+    (figure,) = drawn
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.get_yticklabels()] == [names[i] for i in shown]
+    assert [t.get_text() for t in axes.get_xticklabels()] == [names[i] for i in shown]
+    title = axes.get_title(loc="left")
+    assert title.startswith("Confusion matrix")
+    assert ("(40 most confused of 130 classes)" in title) == (num_classes > 100), title
     # Each class keeps a legible cell: at least 20 pixels per row at 100 classes.
-    assert height >= 20 * min(shown, 100) and width >= height
+    assert height >= 20 * min(len(shown), 100) and width >= height
     assert picture.pixels.ndim == 3 and max(picture.pixels.shape[:2]) <= plots.SUMMARY_MAX_PIXELS + 1
 
 

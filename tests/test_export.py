@@ -22,6 +22,7 @@ from efficientnet_tf.export.formats import litert, saved_model
 from efficientnet_tf.export.formats.onnx import OnnxModel
 from efficientnet_tf.export.images import preprocess_batch
 from efficientnet_tf.export.verify import acceptance
+from efficientnet_tf.export.formats.base import compare
 
 import pipeline_defaults as defaults
 
@@ -214,6 +215,29 @@ def test_acceptance_limits_per_format():
     assert acceptance(row("mediapipe:tflite_float32", 0.98, 0.91, class_names_from_metadata=True), 0.91)[1] == (
         "top-1 agreement >= 99%")
     assert acceptance({**row("tflite_int8", 1.0, 0.91), "error": "boom"}, 0.91) == (False, "loads and runs")
+    # Each limit is inclusive: a file exactly at it passes (a drop of 1.5 points in floating point included).
+    assert acceptance({**row("tflite_float32", 1.0), "max_prob_diff": 1e-4}, None)[0]
+    assert acceptance(row("tflite_float16", 0.99, 0.91), 0.91)[0]
+    assert acceptance(row("tflite_int8", 0.9, 0.485), 0.5)[0]  # 0.5 - 0.485 = 0.015000000000000013
+    assert acceptance(row("tflite_int8", 0.95), None)[0]
+
+
+def test_compare_counts_flips_their_margins_probability_differences_and_accuracy():
+    """Worked by hand: four images of three classes; the artifact changes image 2's top-1 (a near-tie) and
+    moves probabilities by at most 0.15."""
+    reference = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.45, 0.4, 0.15], [0.2, 0.2, 0.6]])
+    probs = np.array([[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.35, 0.5, 0.15], [0.2, 0.15, 0.65]])
+    result = compare(reference, probs, np.array([0, 1, 1, 0]))
+    assert result["top1_agreement"] == pytest.approx(0.75) and result["top1_flips"] == 1
+    assert result["max_flip_margin"] == pytest.approx(0.05)  # 0.45 - 0.4, the near-tie that flipped
+    assert result["max_prob_diff"] == pytest.approx(0.1) and result["mean_prob_diff"] == pytest.approx(0.5 / 12)
+    assert result["accuracy"] == pytest.approx(0.75)  # images 0, 1 and 2 right
+    assert compare(reference, probs, np.array([0, 1]))["accuracy"] is None  # labels that do not pair up
+    pairs = np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
+    two = compare(pairs, pairs[:, ::-1], None)  # two classes, every top-1 swapped
+    assert two["top1_agreement"] == 0.0 and two["max_flip_margin"] == pytest.approx(0.6)
+    one = compare(np.ones((3, 1)), np.ones((3, 1)), None)  # a single class: nothing can flip
+    assert one["top1_agreement"] == 1.0 and one["max_flip_margin"] is None
 
 
 def test_a_failing_int8_row_says_why_and_what_to_use_instead():

@@ -22,7 +22,7 @@ TINY = "model.width_coefficient=0.25,model.depth_coefficient=0.25,model.image_si
 PREDICTION = re.compile(r"^\s+(\d+)\. (.+?)\s+(\d\.\d{4})$")
 
 
-def _main(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_main(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("TF_CONFIG", None)
     env.update({"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)})
@@ -30,7 +30,7 @@ def _main(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "Traceback" not in _without_ignored_exceptions(proc.stderr), proc.stderr[-4000:]
     return proc
@@ -53,7 +53,7 @@ def _without_ignored_exceptions(text: str) -> str:
     return "\n".join(kept)
 
 
-def _predictions(stdout: str, images: list[str]) -> dict[str, dict[str, float]]:
+def predictions(stdout: str, images: list[str]) -> dict[str, dict[str, float]]:
     """{image: {class: probability}} from predict's printed blocks."""
     result: dict[str, dict[str, float]] = {}
     current = None
@@ -71,14 +71,14 @@ def _predictions(stdout: str, images: list[str]) -> dict[str, dict[str, float]]:
 COLOURS = ("blue", "green", "red")  # sorted, as the folder source orders classes
 
 
-def _photo(rng: np.random.Generator, channel: int) -> bytes:
+def photo(rng: np.random.Generator, channel: int) -> bytes:
     """A noisy JPEG whose dominant colour channel is `channel` (0 red, 1 green, 2 blue)."""
     pixels = rng.uniform(0, 90, (int(rng.integers(40, 64)), int(rng.integers(40, 64)), 3))
     pixels[..., channel] += 140
     return tf.io.encode_jpeg(tf.constant(pixels.clip(0, 255).astype(np.uint8)), quality=90).numpy()
 
 
-def _coloured_photos(root: pathlib.Path) -> pathlib.Path:
+def coloured_photos(root: pathlib.Path) -> pathlib.Path:
     """train/ and val/ folders of three colour classes."""
     rng = np.random.default_rng(0)
     for split, count in (("train", 40), ("val", 15)):
@@ -86,16 +86,16 @@ def _coloured_photos(root: pathlib.Path) -> pathlib.Path:
             folder = root / split / name
             folder.mkdir(parents=True)
             for index in range(count):
-                (folder / f"{index}.jpg").write_bytes(_photo(rng, ("red", "green", "blue").index(name)))
+                (folder / f"{index}.jpg").write_bytes(photo(rng, ("red", "green", "blue").index(name)))
     return root
 
 
 @pytest.mark.slow  # a training run, a full export with its TFLite conversions and five predictions (~2 min)
 def test_run_export_and_predict_through_the_command_line(tmp_path: pathlib.Path) -> None:
     run = tmp_path / "run"
-    photos = _coloured_photos(tmp_path / "photos")
+    photos = coloured_photos(tmp_path / "photos")
     # A model that learns the colours in 100 steps: past near-ties, so quantised artifacts meet their limits.
-    _ok(_main("--mode=train_and_eval", f"--dataset=folder:{photos}", f"--model_dir={run}", "--train_steps=100",
+    ok(run_main("--mode=train_and_eval", f"--dataset=folder:{photos}", f"--model_dir={run}", "--train_steps=100",
               "--batch_size=16", "--seed=2", f"--hparams={TINY}", "--hparams=data.augment=none",
               "--hparams=train.steps_per_epoch=100,train.checkpoint_every_steps=50,train.image_summary=false"))
     labels = (run / "labels.txt").read_text().splitlines()
@@ -103,7 +103,7 @@ def test_run_export_and_predict_through_the_command_line(tmp_path: pathlib.Path)
     best = json.loads((run / "checkpoints" / "best" / "best.json").read_text())
     assert best["step"] == 100  # one eval, at the end: best and latest are the same weights
 
-    exported = _ok(_main("--mode=export", f"--model_dir={run}", "--export_calibration_images=32",
+    exported = ok(run_main("--mode=export", f"--model_dir={run}", "--export_calibration_images=32",
                          "--export_eval_images=64"))
     export_dir = run / "export"
     report = json.loads((export_dir / "export_report.json").read_text())
@@ -118,19 +118,19 @@ def test_run_export_and_predict_through_the_command_line(tmp_path: pathlib.Path)
     images = []
     for index in range(2):
         path = tmp_path / f"image{index}.jpg"
-        path.write_bytes(_photo(np.random.default_rng(100 + index), index))
+        path.write_bytes(photo(np.random.default_rng(100 + index), index))
         images.append(str(path))
     image_flags = [f"--image={image}" for image in images]
 
     outputs = {
-        "latest": _main("--mode=predict", f"--model_dir={run}", *image_flags),
-        "best": _main("--mode=predict", f"--model_dir={run}", "--checkpoint=best", *image_flags),
-        "saved_model": _main("--mode=predict", f"--checkpoint={export_dir / rows['saved_model']['path']}",
+        "latest": run_main("--mode=predict", f"--model_dir={run}", *image_flags),
+        "best": run_main("--mode=predict", f"--model_dir={run}", "--checkpoint=best", *image_flags),
+        "saved_model": run_main("--mode=predict", f"--checkpoint={export_dir / rows['saved_model']['path']}",
                              *image_flags),
-        "tflite_float32": _main("--mode=predict", f"--checkpoint={export_dir / rows['tflite_float32']['path']}",
+        "tflite_float32": run_main("--mode=predict", f"--checkpoint={export_dir / rows['tflite_float32']['path']}",
                                 *image_flags),
     }
-    parsed = {name: _predictions(_ok(proc).stdout, images) for name, proc in outputs.items()}
+    parsed = {name: predictions(ok(proc).stdout, images) for name, proc in outputs.items()}
     reference = parsed["latest"]
     for image in images:
         assert set(reference[image]) == set(labels)  # top-5 capped at the three classes
@@ -144,8 +144,8 @@ def test_run_export_and_predict_through_the_command_line(tmp_path: pathlib.Path)
     # The newest checkpoint cut in half: predict (and export) fall back to the previous readable one.
     (data,) = (run / "checkpoints").glob("ckpt-100.data-*")
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    fallback = _ok(_main("--mode=predict", f"--model_dir={run}", *image_flags))
+    fallback = ok(run_main("--mode=predict", f"--model_dir={run}", *image_flags))
     warnings = [line for line in fallback.stderr.splitlines() if "Unreadable checkpoint" in line]
     assert len(warnings) == 1 and "ckpt-100" in warnings[0] and "ckpt-50" in warnings[0], fallback.stderr[-3000:]
-    assert _predictions(fallback.stdout, images) != reference  # other weights: step 50's
+    assert predictions(fallback.stdout, images) != reference  # other weights: step 50's
     assert data.exists()  # predict moves nothing

@@ -167,6 +167,7 @@ def test_sigterm_at_ten_random_steps(tmp_path: pathlib.Path) -> None:
         sigterm_and_resume(tmp_path, total, target, reference)
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_a_second_signal_while_the_checkpoint_is_written_corrupts_nothing(tmp_path: pathlib.Path) -> None:
     model_dir = tmp_path / "run"
     trainer = Trainer(command(model_dir, 200))
@@ -259,6 +260,7 @@ def data_file(model_dir: pathlib.Path, step: int) -> pathlib.Path:
     return path
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(three_checkpoints, tmp_path) -> None:
     model_dir = copy_run(three_checkpoints, tmp_path)
     bad = data_file(model_dir, 12)
@@ -308,7 +310,8 @@ def test_checkpoints_are_listed_once_whatever_the_paths_look_like(tmp_path, monk
     assert "Unreadable" not in caplog.text and not (tmp_path / "run" / "checkpoints" / "unreadable").exists()
 
 
-@pytest.mark.parametrize("damage", [pytest.param("data file deleted", marks=pytest.mark.slow), "index deleted",
+@pytest.mark.parametrize("damage", [pytest.param("data file deleted", marks=pytest.mark.slow),
+                                    pytest.param("index deleted", marks=pytest.mark.slow),
                                     pytest.param("state file deleted", marks=pytest.mark.slow)])
 def test_deleted_checkpoint_files_fall_back_or_resume(three_checkpoints, tmp_path, damage: str) -> None:
     model_dir = copy_run(three_checkpoints, tmp_path)
@@ -385,6 +388,7 @@ def write_lock(model_dir: pathlib.Path, **holder) -> None:
     (model_dir / LOCK_FILE).write_text(json.dumps(record))
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path: pathlib.Path) -> None:
     model_dir = tmp_path / "run"
     write_lock(model_dir, pid=dead_pid())
@@ -430,6 +434,7 @@ def _mount(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["mount", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_a_directory_that_turns_read_only_mid_run(tmp_path: pathlib.Path) -> None:
     """The run directory is remounted read-only under the running trainer (a bind mount, as a disk
     remounted read-only after an error): one line naming the failed write and the intact last checkpoint."""
@@ -467,6 +472,7 @@ def test_a_directory_that_turns_read_only_mid_run(tmp_path: pathlib.Path) -> Non
     assert checkpoint_problem(last_good) is None and step_of_checkpoint(last_good) == good_step
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_a_full_disk_mid_run(tmp_path: pathlib.Path) -> None:
     """A file-size limit lowered on the running trainer (prlimit) makes every further write fail as a full
     disk does: the run ends with one line and its last checkpoint intact."""

@@ -71,13 +71,15 @@ def test_training_mode_matches_keras_batch_norm(shape: tuple[int, int, int], dty
 
 def test_moving_variance_averages_the_biased_batch_variance() -> None:
     """Two values per channel: the biased variance is half the Bessel-corrected one, so a missing or
-    doubled correction moves the moving variance by a whole factor."""
-    fused = FusedBatchNormalization(momentum=0.5, epsilon=BN_EPSILON)
+    doubled correction moves the moving variance by a whole factor; and the momentum weighs the old value
+    (moving·m + batch·(1 − m)), not the batch's."""
+    fused = FusedBatchNormalization(momentum=0.75, epsilon=BN_EPSILON)
     fused.build((None, 1, 1, 1))
     fused(tf.constant([[[[0.0]]], [[[2.0]]]]), training=True)
-    # moving = 0.5·1 + 0.5·var, biased var of {0, 2} = 1; mean = 0.5·0 + 0.5·1.
+    # moving variance = 0.75·1 + 0.25·var, biased var of {0, 2} = 1 (the corrected one, 2, would give 1.25);
+    # mean = 0.75·0 + 0.25·1 (the momentum the other way round would give 0.75).
     assert float(np.asarray(fused.moving_variance.value)[0]) == pytest.approx(1.0, abs=1e-6)
-    assert float(np.asarray(fused.moving_mean.value)[0]) == pytest.approx(0.5, abs=1e-6)
+    assert float(np.asarray(fused.moving_mean.value)[0]) == pytest.approx(0.25, abs=1e-6)
 
 
 def _without_randomness(model: keras.Model) -> None:

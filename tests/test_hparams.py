@@ -181,9 +181,13 @@ def test_a_run_config_keeps_its_derived_values_under_a_recipe_with_nulls(tmp_pat
 
 
 def test_dataset_files_are_found_by_name_then_family() -> None:
-    assert hparams.dataset_file("imagenette_mini").endswith("imagenette_mini.yaml")
-    assert hparams.dataset_file("synthetic").endswith("synthetic.yaml")
-    assert hparams.dataset_file("tfds:cifar10") is None or "tfds" in hparams.dataset_file("tfds:cifar10")
+    datasets = pathlib.Path(hparams.DEFAULTS_FILE).parent / "datasets"
+    assert hparams.dataset_file("imagenette_mini") == str(datasets / "imagenette_mini.yaml")
+    assert hparams.dataset_file("synthetic") == str(datasets / "synthetic.yaml")
+    # No file of its own: the family's (the part before the first colon), else none.
+    assert hparams.dataset_file("synthetic:other") == str(datasets / "synthetic.yaml")
+    assert not (datasets / "tfds.yaml").exists() and hparams.dataset_file("tfds:cifar10") is None
+    assert hparams.dataset_file("folder:/photos/synthetic") is None
     assert hparams.dataset_file("nothing-like-this") is None
 
 

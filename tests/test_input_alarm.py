@@ -97,10 +97,16 @@ def test_fast_pipeline_stays_quiet(tmp_path: pathlib.Path, caplog: pytest.LogCap
     result, warnings, progress = _train(tmp_path, fast_dataset, caplog)
     assert result.step == STEPS
     threshold = hparams.default_config().train.input_wait_alarm  # the default alarm threshold
-    assert result.train_metrics["input_wait_fraction"] < threshold, result.train_metrics
-    assert warnings == []
+    assert "input_wait_fraction" in result.train_metrics, result.train_metrics
+    assert warnings == []  # the alarm needs windows above the threshold in a row: one slow window is noise
     logged = _train_scalars(tmp_path, "input_wait_fraction")
-    assert len(logged) == STEPS - 1 and max(logged) < threshold, logged
+    assert len(logged) == STEPS - 1, logged
+    # A window on a shared machine can catch the scheduler (one took 0.21 of its step time in CI), so the
+    # test asks what the alarm asks: no two windows in a row above the threshold, and a typical window
+    # (the median) far below it. A meter that counted step time as waiting fails both.
+    above = [value >= threshold for value in logged]
+    assert not any(a and b for a, b in zip(above, above[1:])), logged
+    assert sorted(logged)[len(logged) // 2] < threshold / 2, logged
 
 
 def test_alarm_needs_consecutive_windows_above_the_threshold() -> None:

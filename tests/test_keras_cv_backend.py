@@ -89,6 +89,7 @@ def _first_batch(dataset: str, *overrides: str) -> tuple[object, np.ndarray]:
     return (config, train_fn), images.numpy()
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_training_two_steps_with_keras_cv_augments_within_0_255(tmp_path):
     pytest.importorskip("keras_cv")
     dataset = _one_photo_folder(tmp_path / "photos")

@@ -122,19 +122,27 @@ def test_eval_without_a_training_run(tmp_path: pathlib.Path) -> None:
     _assert_one_line_error(_main("--mode=eval", f"--model_dir={tmp_path}"), "no config.yaml")
 
 
+@pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
 def test_train_eval_resume_and_model_mismatch(tmp_path: pathlib.Path) -> None:
-    run = tmp_path / "run"
-    args = ["--mode=train_and_eval", "--dataset=synthetic", f"--model_dir={run}", "--train_steps=4",
-            "--batch_size=8", f"--hparams={TINY}", "--hparams=train.steps_per_epoch=2"]
-    trained = _main(*args)
+    """No --model_dir: the run goes to runs/<model>-<dataset> under the working directory, and eval finds it there;
+    checkpoints every step, the last train.keep_checkpoints kept; the eval loss is the cross-entropy alone."""
+    run = tmp_path / "runs" / "efficientnet-b0-synthetic"
+    args = ["--mode=train_and_eval", "--dataset=synthetic", "--train_steps=4", "--batch_size=8", f"--hparams={TINY}",
+            "--hparams=train.steps_per_epoch=2,train.checkpoint_every_steps=1,train.keep_checkpoints=2",
+            "--hparams=train.weight_decay=1e-3"]
+    trained = _main(*args, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "Trained efficientnet-b0 on synthetic to step 4" in trained.stdout
+    assert f"--model_dir={os.path.join('runs', 'efficientnet-b0-synthetic')}" in trained.stdout
     assert "tensorboard --logdir" in trained.stdout and "--mode=export" in trained.stdout
     assert (run / "config.yaml").exists() and (run / "labels.txt").read_text().count("\n") == 10
     first = json.loads((run / "eval_results.json").read_text())
     assert first["step"] == 4
+    # Four checkpoints written (one per step), the newest two kept.
+    assert sorted(p.name for p in (run / "checkpoints").glob("ckpt-*.index")) == ["ckpt-3.index", "ckpt-4.index"]
+    _assert_eval_loss_is_the_cross_entropy_alone(run, first["loss"])
 
-    again = _main(*args)  # same command: nothing left to do, exits cleanly
+    again = _main(*args, cwd=tmp_path)  # same command: nothing left to do, exits cleanly
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resumed from" in again.stderr and "step 4" in again.stdout
 
@@ -146,15 +154,43 @@ def test_train_eval_resume_and_model_mismatch(tmp_path: pathlib.Path) -> None:
     assert best["step"] == winner["step"] and best["top1"] == pytest.approx(winner["top1"])
     assert best["loss"] == pytest.approx(winner["loss"])
     assert (run / "checkpoints" / "best" / f"{best['checkpoint']}.index").exists()
-    evaluated = _main("--mode=eval", f"--model_dir={run}", "--checkpoint=best")
+    # --mode=eval without --model_dir: the default directory of these flags.
+    evaluated = _main("--mode=eval", "--dataset=synthetic", "--checkpoint=best", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert f"at step {best['step']} " in evaluated.stdout and f"top-1 {100 * best['top1']:.2f}%" in evaluated.stdout
     assert json.loads((run / "eval_results.json").read_text())["top1"] == pytest.approx(best["top1"])
 
-    _assert_one_line_error(_main(*args[:-2], "--hparams=model.width_coefficient=0.5,model.depth_coefficient=0.25,"
-                                             "model.image_size=32"), "model.width_coefficient=0.25", "--model_dir")
-    _assert_one_line_error(_main("--mode=eval", f"--model_dir={run}", "--checkpoint=/no/such/ckpt"),
-                           "does not exist")
+    model_dir = f"--model_dir={run}"
+    _assert_one_line_error(_main(*args[:-3], model_dir, "--hparams=model.width_coefficient=0.5,"
+                                                        "model.depth_coefficient=0.25,model.image_size=32"),
+                           "model.width_coefficient=0.25", "--model_dir")
+    _assert_one_line_error(_main("--mode=eval", model_dir, "--checkpoint=/no/such/ckpt"), "does not exist")
+
+
+def _assert_eval_loss_is_the_cross_entropy_alone(run: pathlib.Path, loss: float) -> None:
+    """The logged eval loss against the mean cross-entropy of the latest checkpoint's averaged weights on the
+    held-out images, computed here; this run's weight decay term is large enough to show if it were added."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from efficientnet_tf import app, run_model
+    from efficientnet_tf.training import inputs
+
+    model, config, _ = run_model.restore_for_inference(str(run), classifier_activation=None)
+    eval_fn = inputs.eval_dataset_fn(config, app.load_source(config))
+    labels, logits = [], []
+    for images, batch_labels in eval_fn(tf.distribute.InputContext()):
+        logits.append(np.asarray(model(images, training=False)))
+        labels.append(np.asarray(batch_labels))
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    log_probs = np.asarray(tf.nn.log_softmax(logits.astype(np.float64)))
+    cross_entropy = float(-np.mean(log_probs[np.arange(len(labels)), labels]))
+    decayed = [v for layer in model.layers if not isinstance(layer, keras.layers.BatchNormalization)
+               for v in layer.trainable_weights]
+    l2 = sum(float(np.sum(np.square(np.asarray(v.value, np.float64)))) / 2 for v in decayed)
+    assert loss == pytest.approx(cross_entropy, rel=1e-4)
+    assert 1e-3 * l2 > 100 * 1e-4 * cross_entropy, (cross_entropy, l2)
 
 
 def test_summary_of_one_compound_scaled_model() -> None:

@@ -145,13 +145,14 @@ def test_unknown_model_lists_names():
 def test_drop_connect_statistics():
     """Identity at inference; at training whole samples are kept with probability keep, scaled 1/keep."""
     layer = DropConnect(0.3, seed=7)
-    x = np.ones((4000, 2, 2, 3), "float32")
+    x = np.random.default_rng(0).uniform(1, 2, (4000, 2, 2, 3)).astype("float32")  # every value its own
     np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
     out = np.asarray(layer(x, training=True))
-    per_sample = out.reshape(4000, -1)
-    assert np.all(per_sample.min(1) == per_sample.max(1))  # one decision per sample
-    kept = per_sample[:, 0] > 0
-    assert np.allclose(per_sample[kept, 0], 1 / 0.7)
+    assert out.shape == x.shape
+    ratio = (out / x).reshape(4000, -1)
+    np.testing.assert_allclose(ratio.min(1), ratio.max(1), rtol=1e-6)  # one decision per sample
+    kept = ratio[:, 0] > 0
+    np.testing.assert_allclose(ratio[kept], 1 / 0.7, rtol=1e-6)
     # 4000 Bernoulli(0.7) draws: 4 standard deviations is about 0.029.
     assert abs(kept.mean() - 0.7) < 0.03
 
@@ -168,6 +169,8 @@ def test_drop_connect_linear_schedule():
     assert "block7a_drop" not in rates  # 192 -> 320 channels: no identity skip
     assert "block2a_drop" not in rates  # stride 2: no residual
     assert max(rates.values()) == pytest.approx(0.2 * 14 / 16)  # block6d, the last with a skip
+    plain = et.build_model("efficientnet-b0", drop_connect_rate=0.0, resolution=32)
+    assert not [layer.name for layer in plain.layers if isinstance(layer, DropConnect)]  # rate 0: no layer at all
 
 
 def test_dropout_and_overrides():

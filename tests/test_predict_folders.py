@@ -147,15 +147,48 @@ def test_explain_writes_overlays_or_says_why_not(keras_file, photo_folder, tmp_p
     run = predictions.predict_files(keras_file, [str(root)], explain_dir=str(tmp_path / "cams"), progress=False)
     written = sorted(os.listdir(tmp_path / "cams"))
     assert written == ["000001_one.png", "000002_two.png", "000004_four.png", "000005_three.png"]
-    overlay = tf.io.decode_png(tf.io.read_file(str(tmp_path / "cams" / written[0])))
-    assert overlay.shape == (SIZE, SIZE, 3)
     assert run.explain_dir == str(tmp_path / "cams")
+    # Each overlay is its own image with the Grad-CAM of its top-1 class blended in, computed here by hand.
+    model = keras.saving.load_model(keras_file)
+    images = preprocess_batch([open(p, "rb").read() for p in good], SIZE, "bicubic")
+    expected = _hand_overlays(model, images)
+    for index, name in enumerate(written):  # the walk's order: one, two, four, three
+        overlay = tf.io.decode_png(tf.io.read_file(str(tmp_path / "cams" / name))).numpy()
+        assert overlay.shape == (SIZE, SIZE, 3)
+        difference = np.abs(overlay / 255.0 - expected[index])
+        assert difference.max() <= 4 / 255, (name, float(difference.max()))
+        others = [float(np.abs(overlay / 255.0 - e).max()) for i, e in enumerate(expected) if i != index]
+        assert min(others) > 0.05, (name, others)  # the overlays tell the images apart
     with caplog.at_level("WARNING"):
         other = predictions.predict_files("unused", good[:1], explain_dir=str(tmp_path / "none"), progress=False,
                                           predictor=_FixedPredictor())
     lines = [r.getMessage() for r in caplog.records if "Grad-CAM" in r.getMessage()]
     assert len(lines) == 1 and "TFLite model" in lines[0] and "\n" not in lines[0]
     assert other.explain_dir is None and not (tmp_path / "none").exists()
+
+
+def _hand_overlays(model: keras.Model, images: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Grad-CAM by hand: the last convolution's channels weighted by the spatial mean of the gradient of
+    log p(top-1), ReLU, bilinear upsampling, scaled to a peak of 1; blended into the image with jet colours."""
+    from matplotlib import colormaps
+
+    conv = next(layer for layer in reversed(model.layers) if isinstance(layer, keras.layers.Conv2D))
+    head = model.layers[model.layers.index(conv) + 1:]
+    images = tf.constant(images)
+    features = keras.Model(model.inputs, conv.output)(images)
+    with tf.GradientTape() as tape:
+        tape.watch(features)
+        outputs = features
+        for layer in head:
+            outputs = layer(outputs)
+        top = tf.argmax(outputs, -1)
+        score = tf.math.log(tf.gather(outputs, top, batch_dims=1))
+    weights = tf.reduce_mean(tape.gradient(score, features), axis=[1, 2], keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * features, -1))[..., None]
+    cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0].numpy()
+    cam /= np.maximum(cam.max(axis=(1, 2), keepdims=True), 1e-12)
+    colours = colormaps["jet"](cam)[..., :3]
+    return np.clip((1 - alpha) * np.asarray(images) / 255.0 + alpha * colours, 0.0, 1.0)
 
 
 class _FixedPredictor(_Interrupting):
@@ -178,20 +211,23 @@ def test_onnx_paths_go_to_onnx_runtime(monkeypatch, tmp_path):
         predictions.load_predictor(str(model))
 
 
-def _main(*args: str) -> subprocess.CompletedProcess:
+def _main(*args: str, cwd: pathlib.Path = REPO_ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), *args], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=str(REPO_ROOT))
+                          env=env, timeout=300, cwd=str(cwd))
 
 
 def test_command_line_folder_with_bad_files_exits_zero(keras_file, photo_folder, tmp_path):
+    """Without --output: one block per image on stdout, and --explain's overlays in predict_gradcam/ under the
+    working directory."""
     root, good, bad = photo_folder
-    output = tmp_path / "predictions.csv"
-    done = _main("--mode=predict", f"--checkpoint={keras_file}", f"--image={root}", f"--output={output}",
-                 "--top_k=1", "--verbosity=-1")
+    done = _main("--mode=predict", f"--checkpoint={keras_file}", f"--image={root}", "--top_k=1", "--explain",
+                 "--verbosity=-1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    with open(output, newline="") as handle:
-        assert [row[0] for row in list(csv.reader(handle))[1:]] == good
+    assert [line for line in done.stdout.splitlines() if line in good] == good
     warnings = [line for line in done.stderr.splitlines() if "skipped" in line]
     assert len(warnings) == 1 and all(b in warnings[0] for b in bad)
     assert "Classified 4 image(s)" in done.stdout and "2 unreadable file(s) skipped" in done.stdout
+    assert "Grad-CAM overlays: predict_gradcam" in done.stdout
+    assert sorted(os.listdir(tmp_path / "predict_gradcam")) == [
+        "000001_one.png", "000002_two.png", "000004_four.png", "000005_three.png"]

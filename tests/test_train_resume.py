@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import os
 import pathlib
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from efficientnet_tf import app, hparams, training
+from efficientnet_tf.models.layers import DropConnect, FusedBatchNormalization
+from efficientnet_tf.training import inputs, preemption
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TOTAL_STEPS = 40
@@ -91,9 +98,90 @@ def test_sigkill_then_rerun_resumes_to_the_exact_step_and_matches_uninterrupted(
         np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
 
 
+def _small_model() -> keras.Model:
+    """Dropout, drop-connect and the fused batch norm (random streams and statistics a resume must carry
+    over), traced in a second or two: the fast tier's stand-in for a tiny EfficientNet."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 64.0)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = FusedBatchNormalization(momentum=0.9, name="stem_bn")(x)
+    x = keras.layers.Activation("swish")(x)
+    branch = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="block_conv")(x)
+    branch = FusedBatchNormalization(momentum=0.9, name="block_bn")(branch)
+    branch = DropConnect(0.3, name="block_drop")(branch)
+    x = keras.layers.Add(name="block_add")([x, branch])
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.Dropout(0.3, name="top_dropout")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="predictions")(x))
+
+
+def _all_variables(prefix: str) -> dict[str, np.ndarray]:
+    """Every value a checkpoint holds but the input pipeline's serialised state and the count of saves."""
+    reader = tf.train.load_checkpoint(prefix)
+    return {n: reader.get_tensor(n) for n in reader.get_variable_to_shape_map()
+            if not n.startswith(("iterator", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+
+
+def train_stopped_at(trainer: training.Trainer, target: int) -> training.Preempted:
+    """Train until a stop request (what SIGTERM sets) made once the trainer reached step `target`; the
+    Preempted it raised (the step and checkpoint it stopped at)."""
+    stop = preemption.current()
+
+    def request_stop_at_target() -> None:
+        while int(trainer.step.numpy()) < target:
+            time.sleep(0.002)
+        stop.request("a stop request")
+
+    watcher = threading.Thread(target=request_stop_at_target, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(training.Preempted) as stopped:
+            trainer.train()
+    finally:
+        watcher.join(timeout=60)
+        preemption.reset()  # a new training in this process, as a rerun of the command would be
+    return stopped.value
+
+
+def test_a_stop_at_a_random_step_resumes_to_the_uninterrupted_weights_bit_for_bit(tmp_path: pathlib.Path) -> None:
+    """The fast tier's resume check: the embedded photos through the seeded RandAugment pipeline, dropout,
+    drop-connect, batch norm, EMA and TF1-RMSProp; a stop request (what SIGTERM sets) at a random step saves a
+    checkpoint of that step, a new trainer resumes from it, and every variable ends equal to an uninterrupted
+    run's: weights, optimizer slots, moving averages, step and random streams."""
+    total = 12
+    config = hparams.resolve(app.layered_config([
+        "model.image_size=32,data.augment=randaugment,data.randaug_magnitude=9",
+        f"train.batch_size=8,train.train_steps={total},train.steps_per_epoch={total},train.ema_decay=0.9",
+        "train.checkpoint_every_steps=1000,train.log_every_steps=1000,train.image_summary=false",
+        "train.seed=5,train.deterministic=true,train.optimizer=rmsprop,train.warmup_epochs=0.5",
+    ]), num_classes=10, num_train=800)
+    train_fn = inputs.train_dataset_fn(config, app.load_source(config))
+
+    def trainer(model_dir: pathlib.Path) -> training.Trainer:
+        keras.utils.set_random_seed(5)
+        return training.Trainer(config, training.create_strategy("default"), str(model_dir),
+                                train_dataset_fn=train_fn, build_model_fn=_small_model)
+
+    reference = trainer(tmp_path / "uninterrupted").train()
+    assert reference.step == total
+
+    target = random.Random().randint(2, total - 4)
+    stopped = train_stopped_at(trainer(tmp_path / "interrupted"), target)
+    stopped_at = stopped.step
+    assert target <= stopped_at < total, (target, stopped_at)
+    assert stopped.checkpoint.endswith(f"ckpt-{stopped_at}")
+
+    resumed = trainer(tmp_path / "interrupted")
+    result = resumed.train()
+    assert result.step == total and result.resumed_from == stopped.checkpoint
+    expected, actual = _all_variables(reference.checkpoint), _all_variables(result.checkpoint)
+    assert expected.keys() == actual.keys()
+    assert {"random_states", "ema", "optimizer", "model"} <= {name.split("/")[0] for name in actual}, sorted(actual)
+    for name in expected:
+        np.testing.assert_array_equal(actual[name], expected[name], err_msg=f"{name} (stopped at step {stopped_at})")
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: pathlib.Path) -> None:
-    from efficientnet_tf import hparams
-    from efficientnet_tf import training
     from efficientnet_tf.data import synthetic_dataset_fn
     from efficientnet_tf import run_model
 

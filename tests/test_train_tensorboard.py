@@ -114,8 +114,19 @@ def test_eval_scalars_and_results_file(run: dict) -> None:
 
 
 def test_profiler_trace_written(run: dict) -> None:
-    traces = list((run["dir"] / "logs" / "train").glob("plugins/profile/*/*"))
-    assert traces, "no profiler trace under logs/train/plugins/profile"
+    """train.profile_steps=3,4: one trace, in TensorBoard's profile plugin folder, of training steps (the train
+    loop's function with forward and backward kernels), not of evaluation or an empty session."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # the trace's format, shipped with TensorFlow
+
+    sessions = list((run["dir"] / "logs" / "train" / "plugins" / "profile").iterdir())
+    assert len(sessions) == 1, sessions
+    (trace,) = sessions[0].glob("*.xplane.pb")
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(trace.read_bytes())
+    names = {metadata.name for plane in space.planes for metadata in plane.event_metadata.values()}
+    assert any("train_loop" in name for name in names), sorted(names)[:50]
+    for kernel in ("FusedBatchNormV3", "FusedBatchNormGradV3", "Conv2DBackpropFilter"):
+        assert any(kernel in name for name in names), (kernel, sorted(names)[:80])
 
 
 def test_evaluating_the_checkpoint_again_gives_the_same_numbers(run: dict) -> None:

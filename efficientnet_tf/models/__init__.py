@@ -1,8 +1,10 @@
 """The model library: everything about the network and nothing about training it.
 
-    scaling        the variant table (architecture facts), compound scaling and rounding, named input
-                   normalisations; pure Python, read by the configuration without TensorFlow
-    layers         Keras layers: MBConv with squeeze-excite, drop-connect, fused batch norm, initialisers
+    scaling        the families and their block tables (V1, Lite, V2), the variant table (architecture facts),
+                   compound scaling and rounding, named input normalisations; pure Python, read by the
+                   configuration without TensorFlow
+    layers         Keras layers: the block kinds (MBConv, Fused-MBConv) with squeeze-excite, drop-connect, fused
+                   batch norm, initialisers
     normalization  the input normalisation inside a model, set and read by name
     weights/       weight import: published weights as data, cache / mirror / download, readers for
                    Keras, reference TF1 and PyTorch files, assignment by layer name, one ImportReport
@@ -21,6 +23,7 @@ from efficientnet_tf.lazy import lazy_names
 LAZY_NAMES = {  # public name -> module: the model API, also handed on by efficientnet_tf itself
     "build_model": "efficientnet_tf.models.builder",
     **{f"EfficientNetB{i}": "efficientnet_tf.models.builder" for i in range(8)},  # keras.applications-style
+    **{f"EfficientNetV2{v}": "efficientnet_tf.models.builder" for v in ("B0", "B1", "B2", "B3", "S", "M", "L", "XL")},
     "build_backbone": "efficientnet_tf.models.builder",
     "endpoint_layer_names": "efficientnet_tf.models.builder",
     "load_pretrained": "efficientnet_tf.models.weights.load",

@@ -1,5 +1,7 @@
 """The EfficientNet builder: a functional Keras model with keras.applications' API shape and layer names,
-built from the variant table by compound scaling, optionally with published or saved weights loaded."""
+built from a variant's block table (V1, Lite, V2) by its family's scaling rules, optionally with published or
+saved weights loaded. One builder for every family: each block is looked up by its table's `kind` in
+`layers.BLOCK_KINDS`."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from keras import layers
 
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.models import scaling
-from efficientnet_tf.models.layers import DenseKernelInitializer, conv_bn_act, mbconv_block
+from efficientnet_tf.models.layers import DenseKernelInitializer, block_kind, network_body
 from efficientnet_tf.models.normalization import fix_normalization
 from efficientnet_tf.models.weights import published
 from efficientnet_tf.models.weights.load import load_pretrained
@@ -43,36 +45,30 @@ def build_model(
     (.keras, keras.applications .h5, reference TF checkpoint, PyTorch state dict), or a weights name
     of `efficientnet_tf.models.weights.published` ("imagenet", "advprop", "noisy-student", ...; downloaded once
     into a cache). `normalization` names the input normalisation in `scaling.NORMALIZATIONS`
-    ("imagenet", "advprop" = [-1, 1], "lite"); None takes the named weights' one, else the
-    variant's default. `width_coefficient` / `depth_coefficient` override the variant's (e.g. tiny
-    models for tests); `baseline_blocks` replaces B0's stages with another baseline's (scaled by the
-    same rules).
+    ("imagenet", "advprop" = [-1, 1], "lite", "v2" = (x - 128) / 128); None takes the named weights'
+    one, else the variant's default. `width_coefficient` / `depth_coefficient` override the variant's
+    (e.g. tiny models for tests); `baseline_blocks` replaces the variant's block table (B0's stages
+    for V1) with another (scaled by the same rules).
     """
-    variant = scaling.get_variant(model_name)
     weights_name = None
-    if weights is not None and not isinstance(weights, keras.Model):
-        if published.is_weights_name(weights):
-            weights_name = weights
-            wanted = published.normalization_for(weights, model_name)  # also checks the name early
-            if normalization is not None and scaling.normalization_name(normalization) != wanted:
-                raise UserError(
-                    f"weights {weights!r} expect the {wanted!r} input normalization, not {normalization!r}; "
-                    "leave normalization unset"
-                )
-            normalization = wanted
-    if normalization is not None:
-        scaling.normalization_values(normalization)  # fail before building
+    if weights is not None and not isinstance(weights, keras.Model) and published.is_weights_name(weights):
+        weights_name = weights
+        wanted = published.resolve(weights, model_name).normalization  # also checks the name early
+        if normalization is not None and scaling.normalization_name(normalization) != wanted:
+            raise UserError(
+                f"weights {weights!r} expect the {wanted!r} input normalization, not {normalization!r}; "
+                "leave normalization unset"
+            )
+        normalization = wanted
     if pooling not in (None, "avg", "max"):
         raise UserError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
     if include_top and classes < 1:
         raise UserError(f"classes must be >= 1, got {classes}")
-    width = variant.width if width_coefficient is None else width_coefficient
-    depth = variant.depth if depth_coefficient is None else depth_coefficient
-    dropout_rate = variant.dropout_rate if dropout_rate is None else dropout_rate
-    if drop_connect_rate is None:
-        drop_connect_rate = scaling.DEFAULT_DROP_CONNECT_RATE
+    plan = scaling.plan_network(model_name, width=width_coefficient, depth=depth_coefficient,
+                                drop_connect_rate=drop_connect_rate, dropout_rate=dropout_rate,
+                                baseline=baseline_blocks, normalization=normalization)
     if input_shape is None:
-        size = resolution or variant.resolution
+        size = resolution or plan.resolution
         input_shape = (size, size, 3)
 
     if input_tensor is None:
@@ -85,31 +81,13 @@ def build_model(
     x = layers.Rescaling(1.0 / 255.0, name="rescaling")(inputs)
     norm_layer = layers.Normalization(axis=-1, name="normalization")
     x = norm_layer(x)
-    fix_normalization(norm_layer, *scaling.normalization_values(normalization or variant.normalization))
-
-    act = variant.activation
-    x = conv_bn_act(x, scaling.stem_filters(variant, width), 3, 2, act, "stem_", "conv", "bn", "activation")
-    blocks = scaling.scaled_blocks(variant, drop_connect_rate, width=width, depth=depth,
-                                   baseline=baseline_blocks or scaling.BASELINE_BLOCKS)
-    for spec in blocks:
-        x = mbconv_block(
-            x,
-            name=spec.name,
-            kernel_size=spec.kernel_size,
-            filters_in=spec.filters_in,
-            filters_out=spec.filters_out,
-            expand_ratio=spec.expand_ratio,
-            strides=spec.strides,
-            se_ratio=spec.se_ratio,
-            drop_rate=spec.drop_rate,
-            activation=act,
-        )
-    x = conv_bn_act(x, scaling.head_filters(variant, width), 1, 1, act, "top_", "conv", "bn", "activation")
+    fix_normalization(norm_layer, *plan.normalization)
+    x = network_body(x, plan)
 
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        if dropout_rate > 0:
-            x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+        if plan.dropout_rate > 0:
+            x = layers.Dropout(plan.dropout_rate, name="top_dropout")(x)
         # float32 head so that mixed-precision training gets float32 logits / probabilities.
         x = layers.Dense(
             classes,
@@ -123,11 +101,11 @@ def build_model(
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
 
-    _allow_graph_depth(len(blocks))
-    model = keras.Model(inputs, x, name=name or variant.name.replace("-", "_"))
+    _allow_graph_depth(len(plan.blocks))
+    model = keras.Model(inputs, x, name=name or plan.variant.name.replace("-", "_"))
     if weights is not None:
         if weights_name is not None:
-            load_pretrained(model, weights, variant=variant.name, include_top=include_top)
+            load_pretrained(model, weights, variant=plan.variant.name, include_top=include_top)
         else:
             load_pretrained(model, weights)
     return model
@@ -154,8 +132,7 @@ def endpoint_layer_names(model_name: str, depth_coefficient: float | None = None
     for i, spec in enumerate(blocks):
         last = i == len(blocks) - 1
         if last or blocks[i + 1].strides == 2:
-            out = spec.name + ("add" if spec.strides == 1 and spec.filters_in == spec.filters_out else "project_bn")
-            names[ENDPOINT_NAMES[len(names)]] = out
+            names[ENDPOINT_NAMES[len(names)]] = spec.name + block_kind(spec.kind).output_layer(spec)
     return names
 
 
@@ -185,3 +162,11 @@ EfficientNetB4 = _named_builder("efficientnet-b4")
 EfficientNetB5 = _named_builder("efficientnet-b5")
 EfficientNetB6 = _named_builder("efficientnet-b6")
 EfficientNetB7 = _named_builder("efficientnet-b7")
+EfficientNetV2B0 = _named_builder("efficientnetv2-b0")
+EfficientNetV2B1 = _named_builder("efficientnetv2-b1")
+EfficientNetV2B2 = _named_builder("efficientnetv2-b2")
+EfficientNetV2B3 = _named_builder("efficientnetv2-b3")
+EfficientNetV2S = _named_builder("efficientnetv2-s")
+EfficientNetV2M = _named_builder("efficientnetv2-m")
+EfficientNetV2L = _named_builder("efficientnetv2-l")
+EfficientNetV2XL = _named_builder("efficientnetv2-xl")

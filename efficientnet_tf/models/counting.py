@@ -83,6 +83,9 @@ def summary_table(model_names: tuple[str, ...] | None = None) -> str:
         )
     rows.append("params include batch-norm statistics (as keras.applications counts); MAdds: conv, depthwise, "
                 "SE and dense multiply-adds at the listed resolution, 1000 classes")
+    if any(scaling.get_variant(name).family == "efficientnetv2" for name in names):
+        rows.append("efficientnetv2: res is the evaluation size (progressive training ends below it); paper: the "
+                    "reference's published table (XL: the paper's Table 7)")
     return "\n".join(rows)
 
 

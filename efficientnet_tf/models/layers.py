@@ -1,14 +1,20 @@
-"""Keras 3 layers of EfficientNet: drop-connect, fused batch norm and the MBConv block with squeeze-excite."""
+"""Keras 3 layers of EfficientNet: drop-connect, fused batch norm, squeeze-excite and the blocks (MBConv,
+Fused-MBConv) with the registry of block kinds that the block tables name."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from efficientnet_tf.errors import UserError
 from efficientnet_tf.models import scaling
+from efficientnet_tf.models.scaling import NetworkPlan, ScaledBlock
 
 BN_MOMENTUM = scaling.BATCH_NORM_MOMENTUM
 BN_EPSILON = scaling.BATCH_NORM_EPSILON
@@ -146,6 +152,7 @@ def conv_bn_act(
     conv_name: str,
     bn_name: str,
     act_name: str,
+    batch_norm_momentum: float = BN_MOMENTUM,
 ):
     """Conv (no bias) + batch norm (+ activation), with keras.applications layer names."""
     x = layers.Conv2D(
@@ -157,60 +164,123 @@ def conv_bn_act(
         kernel_initializer=ConvKernelInitializer(),
         name=name + conv_name,
     )(x)
-    x = FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + bn_name)(x)
+    x = FusedBatchNormalization(momentum=batch_norm_momentum, epsilon=BN_EPSILON, name=name + bn_name)(x)
     if activation:
         x = layers.Activation(activation, name=name + act_name)(x)
     return x
 
 
-def mbconv_block(
-    inputs,
-    *,
-    name: str,
-    kernel_size: int,
-    filters_in: int,
-    filters_out: int,
-    expand_ratio: int,
-    strides: int,
-    se_ratio: float,
-    drop_rate: float,
-    activation: str,
-):
+def squeeze_excite(x, block: ScaledBlock, filters: int, activation: str):
+    """Squeeze-excite on `x` (`filters` channels), gated per channel; nothing when the block has none.
+
+    The squeeze width comes from the block's INPUT channels, not the expanded ones (V1 and V2 alike).
+    """
+    if not 0 < block.se_ratio <= 1:
+        return x
+    name = block.name
+    filters_se = max(1, int(block.filters_in * block.se_ratio))
+    se = layers.GlobalAveragePooling2D(keepdims=True, name=name + "se_squeeze")(x)
+    se = layers.Conv2D(
+        filters_se, 1, activation=activation, kernel_initializer=ConvKernelInitializer(), name=name + "se_reduce"
+    )(se)
+    se = layers.Conv2D(
+        filters, 1, activation="sigmoid", kernel_initializer=ConvKernelInitializer(), name=name + "se_expand"
+    )(se)
+    return layers.Multiply(name=name + "se_excite")([x, se])
+
+
+def _residual(x, inputs, block: ScaledBlock):
+    """The identity skip, with drop-connect on the branch, where the block keeps its shape."""
+    if not block.residual:
+        return x
+    if block.drop_rate > 0:
+        x = DropConnect(block.drop_rate, name=block.name + "drop")(x)
+    return layers.Add(name=block.name + "add")([x, inputs])
+
+
+def mbconv_block(inputs, block: ScaledBlock, *, activation: str, batch_norm_momentum: float = BN_MOMENTUM):
     """Mobile inverted bottleneck: expand 1x1 -> depthwise kxk -> squeeze-excite -> project 1x1.
 
     Strided depthwise convolutions use TensorFlow 'same' padding, which for every input size pads
     exactly as keras.applications' explicit `correct_pad` does, so outputs match it.
     """
-    filters = filters_in * expand_ratio
+    name, momentum = block.name, batch_norm_momentum
+    filters = block.filters_in * block.expand_ratio
     x = inputs
-    if expand_ratio != 1:
-        x = conv_bn_act(x, filters, 1, 1, activation, name, "expand_conv", "expand_bn", "expand_activation")
+    if block.expand_ratio != 1:
+        x = conv_bn_act(x, filters, 1, 1, activation, name, "expand_conv", "expand_bn", "expand_activation", momentum)
     x = layers.DepthwiseConv2D(
-        kernel_size,
-        strides=strides,
+        block.kernel_size,
+        strides=block.strides,
         padding="same",
         use_bias=False,
         depthwise_initializer=ConvKernelInitializer(),
-        name=name + "dwconv",
+        name=name + block.depthwise_name,
     )(x)
-    x = FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + "bn")(x)
+    x = FusedBatchNormalization(momentum=momentum, epsilon=BN_EPSILON, name=name + "bn")(x)
     x = layers.Activation(activation, name=name + "activation")(x)
+    x = squeeze_excite(x, block, filters, activation)
+    x = conv_bn_act(x, block.filters_out, 1, 1, None, name, "project_conv", "project_bn", "", momentum)
+    return _residual(x, inputs, block)
 
-    if 0 < se_ratio <= 1:
-        # The squeeze width comes from the block's INPUT channels, not the expanded ones.
-        filters_se = max(1, int(filters_in * se_ratio))
-        se = layers.GlobalAveragePooling2D(keepdims=True, name=name + "se_squeeze")(x)
-        se = layers.Conv2D(
-            filters_se, 1, activation=activation, kernel_initializer=ConvKernelInitializer(), name=name + "se_reduce"
-        )(se)
-        se = layers.Conv2D(
-            filters, 1, activation="sigmoid", kernel_initializer=ConvKernelInitializer(), name=name + "se_expand"
-        )(se)
-        x = layers.Multiply(name=name + "se_excite")([x, se])
 
-    x = conv_bn_act(x, filters_out, 1, 1, None, name, "project_conv", "project_bn", "")
-    if strides == 1 and filters_in == filters_out:
-        if drop_rate > 0:
-            x = DropConnect(drop_rate, name=name + "drop")(x)
-        x = layers.Add(name=name + "add")([x, inputs])
-    return x
+def fused_mbconv_block(inputs, block: ScaledBlock, *, activation: str, batch_norm_momentum: float = BN_MOMENTUM):
+    """Fused-MBConv (EfficientNetV2): a full kxk convolution expands (no depthwise, no 1x1 expand), then
+    squeeze-excite where the table has it, then a 1x1 projection without activation. With expand ratio 1
+    the kxk convolution alone maps the input to the output channels, followed by batch norm and the
+    activation (as in the reference's FusedMBConvBlock and keras.applications' efficientnet_v2)."""
+    name, momentum = block.name, batch_norm_momentum
+    filters = block.filters_in * block.expand_ratio
+    x = inputs
+    if block.expand_ratio != 1:
+        x = conv_bn_act(x, filters, block.kernel_size, block.strides, activation, name, "expand_conv", "expand_bn",
+                        "expand_activation", momentum)
+    x = squeeze_excite(x, block, filters, activation)  # on the block's input when it does not expand
+    if block.expand_ratio != 1:
+        x = conv_bn_act(x, block.filters_out, 1, 1, None, name, "project_conv", "project_bn", "", momentum)
+    else:
+        x = conv_bn_act(x, block.filters_out, block.kernel_size, block.strides, activation, name, "project_conv",
+                        "project_bn", "project_activation", momentum)
+    return _residual(x, inputs, block)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockKind:
+    """A block function and the name of its output layer (after the block's prefix), by shape."""
+
+    build: Callable[..., Any]  # (inputs, block: ScaledBlock, *, activation, batch_norm_momentum) -> output
+    output_layer: Callable[[ScaledBlock], str]
+
+
+def _project_output(block: ScaledBlock) -> str:
+    return "add" if block.residual else "project_bn"
+
+
+def _fused_output(block: ScaledBlock) -> str:
+    if block.residual:
+        return "add"
+    return "project_activation" if block.expand_ratio == 1 else "project_bn"
+
+
+# The block kinds a table's `kind` field names; the builder looks blocks up here and nowhere else, so a new
+# kind is a function registered here (and rows of that kind in a table).
+BLOCK_KINDS: dict[str, BlockKind] = {
+    "mbconv": BlockKind(mbconv_block, _project_output),
+    "fused": BlockKind(fused_mbconv_block, _fused_output),
+}
+
+
+def block_kind(kind: str) -> BlockKind:
+    """The registered block kind called `kind`; a one-line UserError names the registered ones."""
+    if kind not in BLOCK_KINDS:
+        raise UserError(f"unknown block kind {kind!r}; registered: {', '.join(BLOCK_KINDS)}")
+    return BLOCK_KINDS[kind]
+
+
+def network_body(x, plan: NetworkPlan):
+    """The stem, every block of the plan (each by its kind) and the 1x1 head convolution, on normalised images."""
+    act, momentum = plan.activation, plan.batch_norm_momentum
+    x = conv_bn_act(x, plan.stem_filters, 3, 2, act, "stem_", "conv", "bn", "activation", momentum)
+    for spec in plan.blocks:
+        x = block_kind(spec.kind).build(x, spec, activation=act, batch_norm_momentum=momentum)
+    return conv_bn_act(x, plan.head_filters, 1, 1, act, "top_", "conv", "bn", "activation", momentum)

@@ -1,4 +1,4 @@
-"""Compound scaling: the variant table, the B0 baseline blocks and the rounding rules."""
+"""Compound scaling and the families: block tables (V1, Lite, V2), the variant table and the rounding rules."""
 
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ BATCH_NORM_EPSILON = 1e-3
 # Input normalisations, name -> (per-channel mean, per-channel std) on the 0-255 scale; the model
 # computes (x - mean) / std in its `normalization` layer. "imagenet": the ImageNet statistics of the
 # reference and keras.applications models; "advprop": [-1, 1] (x * 2 / 255 - 1), which the
-# reference AdvProp checkpoints expect; "lite": the reference EfficientNet-Lite builder's 127 / 128.
+# reference AdvProp checkpoints expect; "lite": the reference EfficientNet-Lite builder's 127 / 128;
+# "v2": (x - 128) / 128, what the EfficientNetV2 reference (google/automl efficientnetv2/preprocessing.py)
+# trains S/M/L/XL with and keras.applications' EfficientNetV2S/M/L compute (x / 128 - 1).
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
     "advprop": ((127.5,) * 3, (127.5,) * 3),
     "lite": ((127.0,) * 3, (128.0,) * 3),
+    "v2": ((128.0,) * 3, (128.0,) * 3),
 }
 
 
@@ -46,7 +49,11 @@ def normalization_values(name: str) -> tuple[tuple[float, ...], tuple[float, ...
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-    """One stage of the baseline network: `num_repeat` MBConv blocks of the same shape."""
+    """One stage of a family's block table: `num_repeat` blocks of one kind and shape.
+
+    `kind` names the block function (a key of `efficientnet_tf.models.layers.BLOCK_KINDS`: "mbconv",
+    "fused"); `se` says whether the stage has squeeze-excite, at the family's ratio.
+    """
 
     kernel_size: int
     num_repeat: int
@@ -54,6 +61,8 @@ class BlockSpec:
     filters_out: int
     expand_ratio: int
     strides: int
+    kind: str = "mbconv"
+    se: bool = True
 
 
 # EfficientNet-B0 stages 2-8 (docs/recipe.md §2); the stem and head are built separately.
@@ -68,38 +77,105 @@ BASELINE_BLOCKS: tuple[BlockSpec, ...] = (
 )
 
 
+def _v2_table(*rows: tuple[str, int, int, int, int, int]) -> tuple[BlockSpec, ...]:
+    """EfficientNetV2 stages from (kind, repeats, stride, expand, in, out): all 3x3; the fused stages
+    have no squeeze-excite, the MBConv stages have it (google/automl efficientnetv2/effnetv2_configs.py)."""
+    return tuple(BlockSpec(3, r, i, o, e, s, kind, kind == "mbconv") for kind, r, s, e, i, o in rows)
+
+
+F, M = "fused", "mbconv"  # block kinds, for the tables below
+# EfficientNetV2 block tables (docs/recipe.md §7), one per network: B0-B3 scale the base table by
+# width and depth; S, M, L and XL have their own (the reference calls them "about base x (width, depth)").
+V2_BASE_BLOCKS = _v2_table((F, 1, 1, 1, 32, 16), (F, 2, 2, 4, 16, 32), (F, 2, 2, 4, 32, 48), (M, 3, 2, 4, 48, 96),
+                           (M, 5, 1, 6, 96, 112), (M, 8, 2, 6, 112, 192))
+V2_S_BLOCKS = _v2_table((F, 2, 1, 1, 24, 24), (F, 4, 2, 4, 24, 48), (F, 4, 2, 4, 48, 64), (M, 6, 2, 4, 64, 128),
+                        (M, 9, 1, 6, 128, 160), (M, 15, 2, 6, 160, 256))
+V2_M_BLOCKS = _v2_table((F, 3, 1, 1, 24, 24), (F, 5, 2, 4, 24, 48), (F, 5, 2, 4, 48, 80), (M, 7, 2, 4, 80, 160),
+                        (M, 14, 1, 6, 160, 176), (M, 18, 2, 6, 176, 304), (M, 5, 1, 6, 304, 512))
+V2_L_BLOCKS = _v2_table((F, 4, 1, 1, 32, 32), (F, 7, 2, 4, 32, 64), (F, 7, 2, 4, 64, 96), (M, 10, 2, 4, 96, 192),
+                        (M, 19, 1, 6, 192, 224), (M, 25, 2, 6, 224, 384), (M, 7, 1, 6, 384, 640))
+V2_XL_BLOCKS = _v2_table((F, 4, 1, 1, 32, 32), (F, 8, 2, 4, 32, 64), (F, 8, 2, 4, 64, 96), (M, 16, 2, 4, 96, 192),
+                         (M, 24, 1, 6, 192, 256), (M, 32, 2, 6, 256, 512), (M, 8, 1, 6, 512, 640))
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What the members of a family share besides their block tables: activation, squeeze-excite ratio,
+    batch-norm momentum, the rounding rule of channel counts and keras.applications' layer names."""
+
+    name: str
+    activation: str = "swish"
+    se_ratio: float = SE_RATIO
+    batch_norm_momentum: float = BATCH_NORM_MOMENTUM
+    # round_filters never returns fewer than this share of the scaled channels (V1's rule); 0: no such
+    # guard (V2: google/automl efficientnetv2 and keras.applications' efficientnet_v2 both round plainly).
+    round_limit: float = 0.9
+    # Lite: stem 32 and head 1280 at every width, first and last stage unscaled in depth (reference lite builder).
+    fixed_ends: bool = False
+    depthwise_name: str = "dwconv"  # keras.applications: "dwconv" in efficientnet, "dwconv2" in efficientnet_v2
+
+
+# Batch norm: V1 follows Keras' momentum convention for the reference's TF1 decay 0.99; V2's reference
+# (effnetv2 hparams: bn_momentum 0.9, bn_epsilon 1e-3) and keras.applications' efficientnet_v2 use 0.9.
+FAMILIES: dict[str, Family] = {
+    "efficientnet": Family("efficientnet"),
+    "efficientnet-lite": Family("efficientnet-lite", activation="relu6", se_ratio=0.0, fixed_ends=True),
+    "efficientnetv2": Family("efficientnetv2", batch_norm_momentum=0.9, round_limit=0.0, depthwise_name="dwconv2"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """A scaled member of the family: coefficients, resolution, regularisation and published figures."""
+    """A scaled member of a family: coefficients, block table, resolution, regularisation and published figures."""
 
     name: str
     width: float
     depth: float
-    resolution: int
+    resolution: int  # evaluation size, the model's default input
     dropout_rate: float
-    lite: bool = False
+    family: str = "efficientnet"  # a key of FAMILIES
     paper_params_m: float | None = None  # published parameters, millions
     paper_madds_b: float | None = None  # published multiply-adds, billions
+    blocks: tuple[BlockSpec, ...] = BASELINE_BLOCKS
+    train_resolution: int | None = None  # the last training size when below `resolution` (V2)
+    input_normalization: str | None = None  # a key of NORMALIZATIONS when not the family's "imagenet" / "lite"
+    resize: str | None = None  # image resize kernel when not the family's
+
+    @property
+    def spec(self) -> Family:
+        """The family's shared settings."""
+        return FAMILIES[self.family]
+
+    @property
+    def lite(self) -> bool:
+        """Whether this is an EfficientNet-Lite (quantisation-friendly) variant."""
+        return self.spec.fixed_ends
 
     @property
     def resize_method(self) -> str:
         """Image resize kernel used in preprocessing: bilinear for the int8-friendly lite models."""
-        return "bilinear" if self.lite else "bicubic"
+        return self.resize or ("bilinear" if self.lite else "bicubic")
 
     @property
     def activation(self) -> str:
         """Block activation: ReLU6 for lite (quantisation friendly), swish otherwise."""
-        return "relu6" if self.lite else "swish"
+        return self.spec.activation
 
     @property
     def se_ratio(self) -> float:
         """Squeeze-excite ratio; lite variants drop squeeze-excite."""
-        return 0.0 if self.lite else SE_RATIO
+        return self.spec.se_ratio
+
+    @property
+    def batch_norm_momentum(self) -> float:
+        """Batch-norm momentum the model is built with (Keras convention)."""
+        return self.spec.batch_norm_momentum
 
     @property
     def normalization(self) -> str:
-        """Name of the default input normalisation in `NORMALIZATIONS`: "lite" for lite, else "imagenet"."""
-        return "lite" if self.lite else "imagenet"
+        """Name of the default input normalisation in `NORMALIZATIONS`: "lite" for lite, else "imagenet"
+        unless the variant says otherwise (V2-S/M/L/XL: "v2")."""
+        return self.input_normalization or ("lite" if self.lite else "imagenet")
 
     @property
     def norm_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -129,16 +205,42 @@ _TABLE: tuple[tuple, ...] = (
     ("efficientnet-lite3", 1.2, 1.4, 280, 0.3, True, 8.2, 1.44),
     ("efficientnet-lite4", 1.4, 1.8, 300, 0.3, True, 13.0, 2.64),
 )
-VARIANTS: dict[str, Variant] = {row[0]: Variant(*row) for row in _TABLE}
+# EfficientNetV2 (docs/recipe.md §7): (width, depth, train size, eval size, dropout) from the reference
+# (google/automl efficientnetv2/effnetv2_configs.py; its train sizes are the last progressive stage's, the
+# eval size is the model's default input). Published params / FLOPs from the reference's checkpoint tables
+# (google/automl efficientnetv2/README.md); XL's (ImageNet-21k pre-training only, not in those tables) from
+# the paper's Table 7. B0-B3 keep V1's ImageNet mean/std and bicubic resize (the reference's "effnetv1"
+# preprocessing, kept for comparison with V1); S/M/L/XL take (x - 128) / 128 and bilinear resize (its
+# preprocessing.py). keras.applications' EfficientNetV2 normalises the same way.
+_V2_TABLE: tuple[tuple, ...] = (
+    # name, width, depth, train res, eval res, dropout, blocks, normalization, params M, MAdds B
+    ("efficientnetv2-b0", 1.0, 1.0, 192, 224, 0.2, V2_BASE_BLOCKS, "imagenet", 7.1, 0.72),
+    ("efficientnetv2-b1", 1.0, 1.1, 192, 240, 0.2, V2_BASE_BLOCKS, "imagenet", 8.1, 1.2),
+    ("efficientnetv2-b2", 1.1, 1.2, 208, 260, 0.3, V2_BASE_BLOCKS, "imagenet", 10.1, 1.7),
+    ("efficientnetv2-b3", 1.2, 1.4, 240, 300, 0.3, V2_BASE_BLOCKS, "imagenet", 14.4, 3.0),
+    ("efficientnetv2-s", 1.0, 1.0, 300, 384, 0.2, V2_S_BLOCKS, "v2", 21.5, 8.4),
+    ("efficientnetv2-m", 1.0, 1.0, 384, 480, 0.3, V2_M_BLOCKS, "v2", 54.1, 24.7),
+    ("efficientnetv2-l", 1.0, 1.0, 384, 480, 0.4, V2_L_BLOCKS, "v2", 119.5, 56.3),
+    ("efficientnetv2-xl", 1.0, 1.0, 384, 512, 0.4, V2_XL_BLOCKS, "v2", 208.0, 94.0),
+)
+VARIANTS: dict[str, Variant] = {
+    **{row[0]: Variant(*row[:5], family="efficientnet-lite" if row[5] else "efficientnet", paper_params_m=row[6],
+                       paper_madds_b=row[7]) for row in _TABLE},
+    **{name: Variant(name, width, depth, eval_size, dropout, "efficientnetv2", params, madds, blocks, train_size,
+                     norm, None if norm == "imagenet" else "bilinear")
+       for name, width, depth, train_size, eval_size, dropout, blocks, norm, params, madds in _V2_TABLE},
+}
 VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
 _PHI_RE = re.compile(r"^efficientnet-phi(\d+(?:\.\d+)?)$")
 
 
-def round_filters(filters: int, width: float, divisor: int = DEPTH_DIVISOR) -> int:
-    """Scale a channel count by `width`, rounding to a multiple of `divisor` (never below 90%)."""
+def round_filters(filters: int, width: float, divisor: int = DEPTH_DIVISOR, limit: float = 0.9) -> int:
+    """Scale a channel count by `width`, rounding to the nearest multiple of `divisor` (at least one), and
+    up by one more when that lost more than `1 - limit` of the scaled count (V1: never below 90%; V2's
+    limit is 0)."""
     scaled = filters * width
     rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * scaled:
+    if rounded < limit * scaled:
         rounded += divisor
     return int(rounded)
 
@@ -192,10 +294,10 @@ def get_variant(model_name: str) -> Variant:
 
 @dataclasses.dataclass(frozen=True)
 class ScaledBlock:
-    """One concrete MBConv block of a scaled network."""
+    """One concrete block of a scaled network."""
 
     name: str  # keras.applications prefix, e.g. "block2a_"
-    stage: int  # 0-based index into BASELINE_BLOCKS
+    stage: int  # 0-based index into the block table
     kernel_size: int
     filters_in: int
     filters_out: int
@@ -203,6 +305,13 @@ class ScaledBlock:
     strides: int
     se_ratio: float
     drop_rate: float  # drop-connect rate of this block: rate * index / num_blocks
+    kind: str = "mbconv"  # a key of efficientnet_tf.models.layers.BLOCK_KINDS
+    depthwise_name: str = "dwconv"  # the depthwise convolution's name after the prefix, where there is one
+
+    @property
+    def residual(self) -> bool:
+        """Whether the block adds its input to its output (stride 1, as many channels out as in)."""
+        return self.strides == 1 and self.filters_in == self.filters_out
 
 
 def scaled_blocks(
@@ -210,23 +319,25 @@ def scaled_blocks(
     drop_connect_rate: float = DEFAULT_DROP_CONNECT_RATE,
     width: float | None = None,
     depth: float | None = None,
-    baseline: tuple[BlockSpec, ...] = BASELINE_BLOCKS,
+    baseline: tuple[BlockSpec, ...] | None = None,
 ) -> list[ScaledBlock]:
-    """Expand the baseline stages (B0's unless given) into the concrete block list of `variant`."""
+    """Expand a block table (the variant's unless given) into the concrete block list of `variant`."""
     width = variant.width if width is None else width
     depth = variant.depth if depth is None else depth
+    baseline = variant.blocks if baseline is None else baseline
+    family = variant.spec
     repeats = []
     for i, spec in enumerate(baseline):
-        fixed = variant.lite and i in (0, len(baseline) - 1)
+        fixed = family.fixed_ends and i in (0, len(baseline) - 1)
         # Lite models keep the first and last stage unscaled in depth (reference lite builder).
         repeats.append(spec.num_repeat if fixed else round_repeats(spec.num_repeat, depth))
     total = sum(repeats)
     blocks: list[ScaledBlock] = []
     for i, (spec, n) in enumerate(zip(baseline, repeats)):
-        f_in = round_filters(spec.filters_in, width)
-        if i == 0 and variant.lite:
+        f_in = round_filters(spec.filters_in, width, limit=family.round_limit)
+        if i == 0 and family.fixed_ends:
             f_in = STEM_FILTERS
-        f_out = round_filters(spec.filters_out, width)
+        f_out = round_filters(spec.filters_out, width, limit=family.round_limit)
         for j in range(n):
             blocks.append(
                 ScaledBlock(
@@ -237,18 +348,71 @@ def scaled_blocks(
                     filters_out=f_out,
                     expand_ratio=spec.expand_ratio,
                     strides=spec.strides if j == 0 else 1,
-                    se_ratio=variant.se_ratio,
+                    se_ratio=family.se_ratio if spec.se else 0.0,
+                    # Over the scaled block count, as the reference (keras.applications' V2 divides by
+                    # the unscaled count; the rates differ for B1-B3 in training only).
                     drop_rate=drop_connect_rate * len(blocks) / total,
+                    kind=spec.kind,
+                    depthwise_name=family.depthwise_name,
                 )
             )
     return blocks
 
 
 def stem_filters(variant: Variant, width: float | None = None) -> int:
-    """Channels of the stem convolution (fixed at 32 for lite variants)."""
-    return STEM_FILTERS if variant.lite else round_filters(STEM_FILTERS, variant.width if width is None else width)
+    """Channels of the stem convolution: the first stage's input channels, scaled (V1: 32; V2-S: 24);
+    fixed at 32 for lite variants."""
+    width = variant.width if width is None else width
+    return STEM_FILTERS if variant.lite else round_filters(variant.blocks[0].filters_in, width,
+                                                           limit=variant.spec.round_limit)
 
 
 def head_filters(variant: Variant, width: float | None = None) -> int:
-    """Channels of the 1x1 head convolution (fixed at 1280 for lite variants)."""
-    return HEAD_FILTERS if variant.lite else round_filters(HEAD_FILTERS, variant.width if width is None else width)
+    """Channels of the 1x1 head convolution, 1280 scaled (fixed at 1280 for lite variants)."""
+    width = variant.width if width is None else width
+    return HEAD_FILTERS if variant.lite else round_filters(HEAD_FILTERS, width, limit=variant.spec.round_limit)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkPlan:
+    """Everything the builder lays out, decided here in one place: the scaled stem, blocks and head, the block
+    activation and batch-norm momentum, the input normalisation's mean and std, and the default dropout."""
+
+    variant: Variant
+    stem_filters: int
+    blocks: tuple[ScaledBlock, ...]
+    head_filters: int
+    activation: str
+    batch_norm_momentum: float
+    normalization: tuple[tuple[float, ...], tuple[float, ...]]
+    dropout_rate: float
+    resolution: int
+
+
+def plan_network(
+    model_name: str,
+    *,
+    width: float | None = None,
+    depth: float | None = None,
+    drop_connect_rate: float | None = None,
+    dropout_rate: float | None = None,
+    baseline: tuple[BlockSpec, ...] | None = None,
+    normalization: str | None = None,
+) -> NetworkPlan:
+    """The plan of `model_name` scaled by `width` / `depth` (the variant's when None): a bad name, block table
+    or normalisation fails here, before any layer is built."""
+    variant = get_variant(model_name)
+    width = variant.width if width is None else width
+    rate = DEFAULT_DROP_CONNECT_RATE if drop_connect_rate is None else drop_connect_rate
+    blocks = scaled_blocks(variant, rate, width=width, depth=depth, baseline=baseline)
+    return NetworkPlan(
+        variant=variant,
+        stem_filters=stem_filters(variant, width),
+        blocks=tuple(blocks),
+        head_filters=head_filters(variant, width),
+        activation=variant.activation,
+        batch_norm_momentum=variant.batch_norm_momentum,
+        normalization=normalization_values(normalization or variant.normalization),
+        dropout_rate=variant.dropout_rate if dropout_rate is None else dropout_rate,
+        resolution=variant.resolution,
+    )

@@ -284,7 +284,8 @@ def _report_text(plan: StudyPlan, rows: Sequence[Mapping[str, Any]], claims: Seq
         f"Dataset `{plan.dataset}`: {plan.num_classes} classes, {plan.num_train} training images, {plan.num_eval} "
         f"hold-out images scored image by image. Every arm trains {length} of {plan.batch_size} images with the "
         f"recipe {recipe or '(defaults)'}.",
-        f"Baseline: EfficientNet-B0 blocks at width {b.width:g}, depth {b.depth:g}, {b.resolution} px "
+        f"Baseline: {'EfficientNet-B0' if b.title == 'B0' else b.title} blocks at width {b.width:g}, "
+        f"depth {b.depth:g}, {b.resolution} px "
         f"({counts.madds / 1e6:.2f} M MAdds, {counts.params / 1e6:.3f} M parameters, "
         f"{counts.activations / 1e3:.1f} k activations per image).",
         f"{len(rows)} arms in {len(runs)} trainings, {len(done)} arms done. Predicted training time "

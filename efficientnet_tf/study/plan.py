@@ -150,7 +150,7 @@ class StudyPlan:
             f"Study {self.spec.name}: {len(self.arms)} arms ({', '.join(self.parts())}) in {len(runs)} trainings "
             f"on {self.dataset} ({self.num_classes} classes, {self.num_train} training / {self.num_eval} hold-out "
             f"images), {self.train_steps} steps of {self.batch_size} images per arm",
-            f"Baseline: B0 blocks at width {b.width:g}, depth {b.depth:g}, {b.resolution} px "
+            f"Baseline: {b.title} blocks at width {b.width:g}, depth {b.depth:g}, {b.resolution} px "
             f"(resolutions on a {b.resolution_step} px grid): "
             f"{counts.madds / 1e6:.2f} M MAdds, {counts.params / 1e6:.3f} M params, "
             f"{counts.activations / 1e3:.1f} k activations",

@@ -155,6 +155,11 @@ def round_resolution(pixels: float, step: int = RESOLUTION_STEP) -> int:
     return max(step, int(math.floor(pixels / step + 0.5)) * step)
 
 
+# Networks a study may start from: each family's unscaled base. EfficientNetV2-B0 is one (the paper scales it to
+# B1-B3 with V1's compound rule); V2-S/M/L/XL are sized by hand, not a base for rules.
+BASE_MODELS = ("efficientnet-b0", "efficientnet-lite0", "efficientnetv2-b0")
+
+
 @dataclasses.dataclass(frozen=True)
 class Baseline:
     """The network every rule scales: its stages, coefficients and image size."""
@@ -164,12 +169,16 @@ class Baseline:
     depth: float = 1.0
     resolution: int = 224
     lite: bool = False
+    model: str = "efficientnet-b0"  # whose fixed settings (family, activation, SE) the built models use
     # The grid of image sizes scaled and FLOPs-matched resolutions snap to. 8 px (the usual multiple)
     # suits 200+ px baselines; a small proxy (64 px) needs a finer one, or a single step moves its
     # MAdds by 25 % and no arm can be matched within ±5 %.
     resolution_step: int = RESOLUTION_STEP
 
     def __post_init__(self) -> None:
+        if self.model not in BASE_MODELS:
+            raise UserError(f"baseline.model {self.model!r} is no family's base network; a study scales one of "
+                            f"{', '.join(BASE_MODELS)} (the others are already scaled, or sized by hand: V2-S/M/L/XL)")
         if not self.blocks:
             raise UserError("a baseline needs at least one stage of blocks")
         if not (self.width > 0 and self.depth > 0):
@@ -182,14 +191,23 @@ class Baseline:
 
     @classmethod
     def b0(cls, resolution: int = 224, width: float = 1.0, depth: float = 1.0,
-           resolution_step: int = RESOLUTION_STEP) -> Baseline:
-        """EfficientNet-B0's stages at the given resolution and coefficients."""
-        return cls(width=width, depth=depth, resolution=resolution, resolution_step=resolution_step)
+           resolution_step: int = RESOLUTION_STEP, model: str = "efficientnet-b0") -> Baseline:
+        """A base network's stages (EfficientNet-B0's unless `model` names another base) at the given resolution
+        and coefficients."""
+        key = scaling.canonical_name(model)
+        blocks = scaling.get_variant(key).blocks if key in BASE_MODELS else scaling.BASELINE_BLOCKS
+        return cls(blocks=blocks, width=width, depth=depth, resolution=resolution, resolution_step=resolution_step,
+                   model=key)
 
     @property
     def model_name(self) -> str:
         """The variant whose fixed settings (activation, SE, lite rules) the built models use."""
-        return "efficientnet-lite0" if self.lite else "efficientnet-b0"
+        return "efficientnet-lite0" if self.lite else self.model
+
+    @property
+    def title(self) -> str:
+        """How reports name the baseline's blocks: "B0" or "EfficientNetV2-B0"."""
+        return "B0" if self.model == "efficientnet-b0" else self.model
 
     def scaled_resolution(self, r: float) -> int:
         """The image size for resolution multiplier r, on the baseline's grid (8 px unless it says otherwise)."""

@@ -113,7 +113,7 @@ class StudySpec:
         out: dict[str, Any] = {
             "name": self.name, "dataset": self.dataset, "data_dir": self.data_dir, "hparams": list(self.hparams),
             "epochs": self.epochs, "steps": self.steps, "batch_size": self.batch_size,
-            "baseline": {"width": self.baseline.width, "depth": self.baseline.depth,
+            "baseline": {"model": self.baseline.model, "width": self.baseline.width, "depth": self.baseline.depth,
                          "resolution": self.baseline.resolution, "resolution_step": self.baseline.resolution_step},
             "seeds": self.seeds, "budget_minutes": self.budget_minutes, "timing": dataclasses.asdict(self.timing),
             "search": dataclasses.asdict(self.search) if self.search else None,
@@ -132,7 +132,7 @@ class StudySpec:
 _SCHEMA: dict[str, Any] = {
     "name": "str", "dataset": "str", "data_dir": "str?", "hparams": "list", "epochs": "float?", "steps": "int?",
     "batch_size": "int?", "seeds": "int", "budget_minutes": "float?",
-    "baseline": {"width": "float", "depth": "float", "resolution": "int", "resolution_step": "int"},
+    "baseline": {"model": "str", "width": "float", "depth": "float", "resolution": "int", "resolution_step": "int"},
     "timing": {"calibrate": "bool", "calibration_steps": "int", "step_seconds": "float",
                "overhead_seconds": "float"},
     "search": {"step": "float", "tolerance": "float", "seeds": "int?"},
@@ -307,7 +307,8 @@ def parse_spec(values: Any, origin: str = "<spec>", *, default_name: str = "stud
     baseline = scaling_rules.Baseline.b0(resolution=int(base.get("resolution", 224)),
                                          width=float(base.get("width", 1.0)), depth=float(base.get("depth", 1.0)),
                                          resolution_step=int(base.get("resolution_step",
-                                                                      scaling_rules.RESOLUTION_STEP)))
+                                                                      scaling_rules.RESOLUTION_STEP)),
+                                         model=str(base.get("model", "efficientnet-b0")))
     t = _section(values.get("timing"), "timing", origin, part=False)
     timing = TimingSpec(**t)
     _positive_int(timing.calibration_steps, "timing.calibration_steps", origin)

@@ -19,9 +19,9 @@ import tensorflow as tf
 from absl import logging
 
 from efficientnet_tf import evaluation_report, run_model
+from efficientnet_tf.errors import UserError
 from efficientnet_tf.hparams import RunConfig, Stage, flatten
 from efficientnet_tf.models.ema import ExponentialMovingAverage, averaged_variables
-from efficientnet_tf.models.weights import import_weights
 from efficientnet_tf.rundir import RunDir
 from efficientnet_tf.training import inputs, phases, preemption, schedules
 from efficientnet_tf.training.cadence import ProfilerWindow, SavePoints, TrainingLog
@@ -85,7 +85,8 @@ class Trainer:
             self.model = build_model_fn() if build_model_fn else run_model.build_model_from_config(
                 config, any_size=config.derived.progressive)
             if config.train.init_weights and self._resume_from is None:
-                self._import_weights(config.train.init_weights)
+                run_model.import_initial_weights(self.model, config, config.train.init_weights,
+                                                 record=self.run if strategy_info.is_chief else None)
             self.schedule = schedules.build_schedule(config)
             policy = keras.mixed_precision.global_policy().name
             self.optimizer = schedules.build_optimizer(config.train, self.schedule, loss_scaling=policy == "mixed_float16")
@@ -95,6 +96,11 @@ class Trainer:
                                          aggregation=tf.VariableAggregation.NONE)
             decay = config.train.ema_decay
             self.ema = ExponentialMovingAverage(averaged_variables(self.model), decay) if decay > 0 else None
+            # qat.distill: the float model the run started from sets the targets (training/step.py).
+            teacher = run_model.float_start_model(config) if config.qat.distill > 0 else None
+            if config.qat.distill > 0 and teacher is None:
+                raise UserError(f"qat.distill learns from the run this one started from, and "
+                                f"{config.train.init_weights} is no longer a training run directory")
         # Dropout / drop-connect random streams: Keras does not expose them to tf.train.Checkpoint,
         # and an exact resume needs them.
         self._random_states = tf.Module(name="random_states")
@@ -103,7 +109,7 @@ class Trainer:
         ]
         self._stage: Stage = config.derived.stages[0]
         self.step_fn = TrainStep(config, strategy_info, self.model, self.optimizer, self.ema,
-                                 inputs.device_augmentation(config, self._stage))
+                                 inputs.device_augmentation(config, self._stage), teacher=teacher)
         self._input_wait = self.step_fn.input_wait
         self.step = self.step_fn.counter
         self.phases = phases.phases_of(config, self.model)
@@ -111,14 +117,6 @@ class Trainer:
                                               details=evaluation_report.TOP_LOSS_IMAGES)
         self._train_iterator: Any = None
         self._checkpoints: RunCheckpoints | None = None
-
-    def _import_weights(self, source: str) -> None:
-        # A normalisation the config names (or a weights name implies) wins; null: the weights file's own.
-        report = import_weights(self.model, source, new_head=self.config.finetune.new_head,
-                                keep_normalization=self.config.model.normalization is not None)
-        logging.info("Initial weights from %s:\n%s", source, report.format())
-        if self.info.is_chief:
-            self.run.write_import_report(source, report.to_dict())
 
     # ------------------------------------------------------------------------------------------
     # Phases and input
@@ -263,6 +261,7 @@ class Trainer:
         points = SavePoints(self.config, eval_every_epochs)
         step = start
         began_training = time.monotonic()
+        began_cpu = time.process_time()
         out_of_time = False
         last_checkpoint = self._resume_from
         saved_step = start if self._resume_from else -1
@@ -308,6 +307,8 @@ class Trainer:
                 eval_metrics = self.evaluate()
                 # Wall time of this invocation so far (training + evals): time-to-accuracy curves.
                 eval_metrics["wall_seconds"] = time.monotonic() - began_training
+                # CPU time of the process (all threads) alongside: wall time alone misleads on a shared machine.
+                eval_metrics["cpu_seconds"] = time.process_time() - began_cpu
                 try:
                     self._report_eval(summaries, step, eval_metrics, progress, finished)
                 except (tf.errors.OpError, OSError) as error:

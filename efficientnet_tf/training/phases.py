@@ -13,6 +13,8 @@ global step only, so a resumed run enters the phase it stopped in.
   the images are small and stronger once they are large keeps accuracy. Evaluation always runs at
   model.image_size; the last stage may train below it (Touvron et al., 2019, "Fixing the train-test
   resolution discrepancy": random crops make objects look larger in training than in the centre crop).
+- `QATPhase`: quantisation-aware training's freezing of batch-norm statistics and of the activation ranges
+  (efficientnet_tf/models/quantize.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import keras
 
 from efficientnet_tf.errors import UserError
 from efficientnet_tf.hparams import RunConfig, Stage
+from efficientnet_tf.models import quantize
 from efficientnet_tf.training import finetune
 
 
@@ -110,6 +113,35 @@ class ProgressivePhase:
                        "progressive/dropout_rate": stage.dropout_rate}, stage.start_step, stage=stage)
 
 
+class QATPhase:
+    """Quantisation-aware training's standard recipe (Krishnamoorthi 2018, section 3.2; Jacob et al. 2018): from
+    one step on, batch norm folds with its moving statistics, which stop updating; from another, the activation
+    ranges stop moving. Both are variables of the model that the traced step reads, so checkpoints hold them."""
+
+    def __init__(self, model: keras.Model, freeze_batch_norm_step: int | None, freeze_ranges_step: int | None):
+        self.model = model
+        self.steps = {"batch_norm": freeze_batch_norm_step, "ranges": freeze_ranges_step}
+
+    def next_change(self, step: int) -> int | None:
+        due = [s for s in self.steps.values() if s is not None and s > step]
+        return min(due) if due else None
+
+    def update(self, step: int) -> Change | None:
+        state = quantize.quantization_state(self.model)
+        lines = []
+        due = {name: at is not None and step >= at for name, at in self.steps.items()}
+        if due["batch_norm"] and state["batch_norms_frozen"] < state["batch_norms"]:
+            count = quantize.freeze_batch_norm(self.model)
+            lines.append(f"batch norm of {count} convolutions now folds its moving statistics, which stop updating")
+        if due["ranges"] and state["ranges_frozen"] < state["ranges"]:
+            lines.append(f"{quantize.freeze_ranges(self.model)} activation ranges frozen")
+        if not lines:
+            return None
+        message = f"QAT from step {step}: " + "; ".join(lines)
+        return Change(message, {"qat/batch_norm_frozen": float(due["batch_norm"]),
+                                "qat/ranges_frozen": float(due["ranges"])}, step, text=("qat", message))
+
+
 def phases_of(config: RunConfig, model: keras.Model) -> list[Phase]:
     """The phases a run goes through, in the order they apply at a shared step (unfreezing first)."""
     phases: list[Phase] = []
@@ -118,4 +150,6 @@ def phases_of(config: RunConfig, model: keras.Model) -> list[Phase]:
         phases.append(UnfreezingPhase(model, schedule, config.train.train_steps))
     if config.derived.progressive:
         phases.append(ProgressivePhase(model, config.derived.stages))
+    if config.qat.enabled:
+        phases.append(QATPhase(model, config.derived.qat_freeze_batch_norm_step, config.derived.qat_freeze_ranges_step))
     return phases

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from efficientnet_tf.data.augment_device import DeviceAugmentation
 from efficientnet_tf.hparams import RunConfig
+from efficientnet_tf.models import quantize
 from efficientnet_tf.models.ema import ExponentialMovingAverage, batch_norm_layers
 from efficientnet_tf.training.strategy import StrategyInfo, compile_replica_step
 from efficientnet_tf.training.throughput import InputWaitMeter
@@ -38,13 +39,21 @@ class TrainStep:
     """
 
     def __init__(self, config: RunConfig, info: StrategyInfo, model: keras.Model, optimizer: keras.optimizers.Optimizer,
-                 ema: ExponentialMovingAverage | None, device_augment: DeviceAugmentation | None = None):
+                 ema: ExponentialMovingAverage | None, device_augment: DeviceAugmentation | None = None,
+                 teacher: keras.Model | None = None):
         self.model, self.optimizer, self.ema, self.info = model, optimizer, ema, info
+        # With a teacher (qat.distill: the float model a quantisation-aware run started from) the loss is the
+        # cross-entropy towards its probabilities on the same images, mixed with the (smoothed) labels by
+        # qat.distill's share; top-1 is still counted against the labels.
+        self.teacher = teacher
+        self.distill = float(config.qat.distill)
         self.strategy = info.strategy
         self.label_smoothing = float(config.train.label_smoothing)
         self.weight_decay = float(config.train.weight_decay)
         self.global_batch = float(config.train.batch_size)
         self.jit_compile = bool(config.runtime.jit_compile)
+        # A quantisation-aware model's learned activation ranges are per-replica statistics too.
+        self._bn_stats = batch_norm_statistics(model) + quantize.range_variables(model)
         # Seconds each call waited for its batches (not measured under op determinism: training/throughput.py).
         self.input_wait = InputWaitMeter(enabled=not config.train.deterministic)
         self.device_augment = device_augment
@@ -54,7 +63,6 @@ class TrainStep:
             # Per-replica running sums since the last read: [loss, correct top-1, examples].
             self._sums = tf.Variable(tf.zeros([3]), trainable=False, name="train_sums",
                                      aggregation=tf.VariableAggregation.NONE)
-        self._bn_stats = batch_norm_statistics(model)
         self.rebuild()
 
     def rebuild(self) -> None:
@@ -65,17 +73,26 @@ class TrainStep:
         decayed = decayed_variables(model)
         bn_stats = self._bn_stats
         sync_bn = self.info.num_replicas > 1
-        device_augment = self.device_augment
+        device_augment, teacher, distill = self.device_augment, self.teacher, self.distill
 
         def gradients(images: tf.Tensor, labels: tf.Tensor, step: tf.Tensor, replica_id: tf.Tensor) -> Any:
             """Augmentation, forward and backward pass of one replica: its gradients and [loss, correct, count]."""
             if device_augment is not None:
                 # Seeded by step and replica: every replica augments its own share, reproducibly.
                 images, labels = device_augment(images, labels, step, replica_id)
+            targets, smoothing = labels, label_smoothing
+            if teacher is not None:
+                taught = tf.nn.softmax(tf.cast(teacher(images, training=False), tf.float32), axis=-1)
+                if distill < 1.0:  # the labels' share smoothed as the labels alone would be
+                    classes = tf.cast(tf.shape(labels)[-1], tf.float32)
+                    smoothed = labels * (1.0 - label_smoothing) + label_smoothing / classes
+                    taught = distill * taught + (1.0 - distill) * smoothed
+                targets = taught
+                smoothing = 0.0
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(images, training=True), tf.float32)
                 per_example = keras.losses.categorical_crossentropy(
-                    labels, logits, from_logits=True, label_smoothing=label_smoothing
+                    targets, logits, from_logits=True, label_smoothing=smoothing
                 )
                 # Gradients are summed over replicas, so each replica's share is sum / global batch.
                 loss = tf.reduce_sum(per_example) / global_batch

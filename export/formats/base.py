@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 from absl import logging
+from efficientnet_tf.errors import UserError
 from efficientnet_tf.export.checks import check_class_names, default_class_names
 from efficientnet_tf.export.files import EXPORT_INFO_FILE, LABELS_FILE, read_json, read_labels_file
 from efficientnet_tf.export.images import preprocess_batch
@@ -75,6 +76,9 @@ class VerifyInputs:
     image_size: int
     resize_method: str
     class_names: list[str]
+    # A quantisation-aware model's float start, its probabilities on `images`: .tflite rows then report how
+    # often the file decides as the float model it was trained from ("start_agreement").
+    start: np.ndarray | None = None
 
 
 Rule = Callable[[dict, "float | None"], "tuple[bool, str]"]
@@ -255,3 +259,21 @@ def judged(rule: Rule) -> Rule:
         return rule(row, keras_accuracy)
 
     return checked
+
+
+def predict_in_batches(run: Callable[[np.ndarray], Any], images: np.ndarray, *, what: str, image_size: int,
+                       num_classes: int, batch_size: int = 1) -> tuple[np.ndarray, list[float]]:
+    """Probabilities of `run` (one batch of float 0..255 images -> outputs) over `images` [N, H, W, 3] in
+    batches, and each call's time in seconds; a one-line error names `what` for images of the wrong size."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
+        raise UserError(f"{what} takes {image_size}x{image_size} RGB images, got {images.shape[1:]}")
+    step = max(1, int(batch_size))
+    probs, seconds = [], []
+    for start in range(0, len(images), step):
+        batch = np.ascontiguousarray(images[start : start + step])
+        began = time.perf_counter()
+        out = run(batch)
+        seconds.append(time.perf_counter() - began)
+        probs.append(np.asarray(out, np.float32))
+    return (np.concatenate(probs) if probs else np.zeros((0, num_classes), np.float32)), seconds

@@ -199,7 +199,8 @@ def litert_row(name: str, path: str, inputs: VerifyInputs) -> dict:
             **compare(inputs.reference, probs, inputs.labels), "latency_ms": median_ms(seconds),
             "runtime": f"litert ({LITERT_THREADS} threads)", "input_type": runner.input_dtype.name,
             "output_type": runner.output_dtype.name, "integer_only": all(t in INTEGER_TYPES for t in types),
-            "float_tensors": sum(t not in INTEGER_TYPES for t in types)}
+            "float_tensors": sum(t not in INTEGER_TYPES for t in types),
+            **({} if inputs.start is None else {"start_agreement": compare(inputs.start, probs, None)["top1_agreement"]})}
 
 
 def mediapipe_row(name: str, path: str, inputs: VerifyInputs) -> list[dict]:

@@ -28,6 +28,7 @@ from efficientnet_tf.export.formats.base import (
     max_prob_diff,
     median_ms,
     names_for,
+    predict_in_batches,
     resize_method_of,
     sidecar_info,
 )
@@ -103,18 +104,8 @@ class OpenVinoModel:
 
     def predict(self, images: np.ndarray, batch_size: int = 1) -> tuple[np.ndarray, list[float]]:
         """Probabilities for float 0..255 images [N, H, W, 3], and each call's time in seconds."""
-        images = np.asarray(images, np.float32)
-        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
-            raise UserError(f"OpenVINO model {self.path} takes {self.image_size}x{self.image_size} RGB images, "
-                            f"got {images.shape[1:]}")
-        probs, seconds = [], []
-        for start in range(0, len(images), max(1, int(batch_size))):
-            batch = np.ascontiguousarray(images[start: start + max(1, int(batch_size))])
-            began = time.perf_counter()
-            out = self._compiled(batch)[0]
-            seconds.append(time.perf_counter() - began)
-            probs.append(np.asarray(out, np.float32))
-        return (np.concatenate(probs) if probs else np.zeros((0, self.num_classes), np.float32)), seconds
+        return predict_in_batches(lambda batch: self._compiled(batch)[0], images, what=f"OpenVINO model {self.path}",
+                                  image_size=self.image_size, num_classes=self.num_classes, batch_size=batch_size)
 
 
 class OpenVinoPredictor(ImagePredictor):

