@@ -40,8 +40,9 @@ if REPO_ROOT not in sys.path:
 
 import imagenette  # noqa: E402  (benchmarks/imagenette.py: the Imagenette archive and its extraction)
 
-# "keras" (a .keras file) and any export format of efficientnet_tf.export.registry.
-DEFAULT_FORMATS = ("keras", "saved_model", "tflite_float32", "tflite_int8", "onnx", "openvino")
+# "keras" (a .keras file) and any export format of efficientnet_tf.export.registry ("all": every one of them,
+# each skipped in one line when its extra is not installed).
+DEFAULT_FORMATS = ("keras", "all")
 KERAS_FILE = "model.keras"
 
 
@@ -69,7 +70,7 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=1000, help="photos per measurement (0: all)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
-                        help="keras and export formats (efficientnet_tf.export.registry names)")
+                        help="keras and export formats (efficientnet_tf.export.registry names or groups: tflite, all)")
     parser.add_argument("--skip_keras_applications", action="store_true")
     parser.add_argument("--out", default=os.path.join("runs", "predict_benchmark"))
     args = parser.parse_args()

@@ -334,8 +334,7 @@ def export(config: RunConfig, model_dir: str, *, checkpoint: str | None = None, 
     """
     settings = config.export
     # Formats and extras first: a mistake here costs one line and touches nothing.
-    chosen = registry.default_formats() if not settings.formats else registry.check(settings.formats)
-    registry.check_installed(chosen)
+    chosen = registry.choose(settings.formats)
     run = RunDir(model_dir)
     path = run.checkpoint(checkpoint)
     source = load_source(config)

@@ -85,7 +85,7 @@ flags.DEFINE_boolean("explain", False, "predict and eval: Grad-CAM heat-map over
 flags.DEFINE_string("export_dir", None, "export: where the artifacts go (default: <model_dir>/export).")
 flags.DEFINE_list("export_formats", None, f"export (export.formats): formats to write: {', '.join(export_registry.NAMES)}, "
                   f"or the groups {' and '.join(export_registry.GROUPS)} (default: every format this installation can "
-                  "write; some need an extra, e.g. onnx needs the [onnx] extra).")
+                  "write; a format whose pip extra is missing is skipped with one line naming it).")
 flags.DEFINE_boolean("export", False, "train / train_and_eval: export the final checkpoint when training ends "
                      "(every format, verified as --mode=export does).")
 flags.DEFINE_enum("export_int8_io", None, ["uint8", "int8"], "export (export.int8_io): input/output type of the int8 "

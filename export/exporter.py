@@ -99,8 +99,7 @@ def run_export(
     .tflite row's top-1 agreement with it (`start_agreement`).
     """
     started = time.time()
-    formats = registry.default_formats() if formats is None else registry.check(formats)
-    registry.check_installed(formats)
+    formats = registry.choose(formats)  # names the application already chose pass through unchecked
     num_classes = checks.model_num_classes(model)
     if not class_names:
         logging.warning("No class names given; the artifacts will name classes class_0 ... class_%d", num_classes - 1)

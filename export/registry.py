@@ -82,6 +82,21 @@ def default_formats() -> tuple[str, ...]:
     return tuple(chosen)
 
 
+class Chosen(tuple):
+    """Format names already checked against the table and against this installation's extras (what
+    `choose` returns): `choose` passes them through unchecked, so a name is checked once per export."""
+
+
+def choose(names: Sequence[str] | str | None) -> Chosen:
+    """The formats to write: every one this installation can write when `names` is empty or None, else
+    the named ones (groups expanded, in the table's order), each one's extra checked; a `Chosen` as it is."""
+    if isinstance(names, Chosen):
+        return names
+    chosen = check(names) if names else default_formats()
+    check_installed(chosen)
+    return Chosen(chosen)
+
+
 def for_path(path: str) -> ExportFormat | None:
     """The format that reads the file (or directory) at `path`; None when none does."""
     return next((fmt for fmt in map(get, NAMES) if fmt.reads is not None and fmt.reads(path)), None)

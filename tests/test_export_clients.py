@@ -193,6 +193,22 @@ def test_format_groups_expand():
     assert registry.check("all") == registry.NAMES
 
 
+def test_formats_are_checked_once_per_export(monkeypatch):
+    """The application chooses the formats before it loads the checkpoint; the exporter takes that choice
+    as it is instead of checking the names and extras a second time."""
+    calls = []
+    real_check, real_installed = registry.check, registry.check_installed
+    monkeypatch.setattr(registry, "check", lambda names: calls.append("names") or real_check(names))
+    monkeypatch.setattr(registry, "check_installed", lambda names: calls.append("extras") or real_installed(names))
+    chosen = registry.choose("tflite,saved_model")
+    assert chosen == ("saved_model", "tflite_float32", "tflite_float16", "tflite_dynamic", "tflite_int8")
+    assert calls == ["names", "extras"]
+    assert registry.choose(chosen) is chosen and calls == ["names", "extras"]  # passed through, not re-checked
+    assert registry.choose(list(chosen)) == chosen and calls == ["names", "extras"] * 2  # a plain list is checked
+    monkeypatch.setattr(registry, "default_formats", lambda: ("saved_model",))
+    assert registry.choose(None) == registry.choose([]) == ("saved_model",)
+
+
 def test_a_file_mediapipe_rejects_gives_its_message_and_the_export_survives(float_flatbuffer, frames, tmp_path):
     """MediaPipe runs in a child process: its C++ failure becomes a message, not a dead exporter."""
     mediapipe_check = pytest.importorskip("efficientnet_tf.export.mediapipe_check")

@@ -6,10 +6,10 @@ load the files (LiteRT, MediaPipe's metadata schema, the onnx package), not with
 - a row that misses its limit: FAIL in the table, the file still written, exit status 0, `all_passed` false;
 - a format whose conversion fails: exit status 1 with one line, the other formats still written and verified.
 
-A limit miss is forced by running the command line's entry point (what main.py runs) with one limit set to a
-value no file can meet; a conversion failure by a stand-in `tf2onnx` on PYTHONPATH that fails as the real one
-does on an op it cannot convert. Slow tier: two trainings and three exports with their TFLite and ONNX
-conversions take a few minutes on a 2-core CPU.
+A limit miss is forced by running the command line's entry point (what main.py runs) with the float32
+format's limit (its module in the format registry) set to a value no file can meet; a conversion failure by
+a stand-in `tf2onnx` on PYTHONPATH that fails as the real one does on an op it cannot convert. Slow tier:
+two trainings and three exports with their TFLite and ONNX conversions take a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ TINY = "model.width_coefficient=0.25,model.depth_coefficient=0.25,model.image_si
 # The command line's entry point with the TFLite float32 limit set below zero: every file misses it.
 FORCED_MISS = textwrap.dedent("""
     import sys
-    from efficientnet_tf.export import verify
-    verify.MAX_PROB_DIFF["tflite_float32"] = -1.0
+    from efficientnet_tf.export.formats import base, litert, tflite_float32 as f32
+    f32.FORMAT = litert.tflite_format("tflite_float32", f32.FORMAT.summary, f32.configure, base.max_prob_diff(-1.0),
+                                      mediapipe=base.min_agreement(0.99))
     from efficientnet_tf.cli import run
     sys.argv[0] = "main.py"
     run()

@@ -209,3 +209,6 @@ def test_help_lists_every_flag() -> None:
     proc = _main("--help")
     for flag in ("--mode", "--model", "--dataset", "--hparams", "--model_dir", "--init_weights", "--checkpoint"):
         assert flag in proc.stdout, (flag, proc.stdout[-2000:])
+    # --model's help names both families, V2 included.
+    help_text = " ".join(proc.stdout.split())
+    assert "efficientnet-b0 ... b8" in help_text and "efficientnetv2-b0 ... b3, -s, -m, -l, -xl" in help_text

@@ -56,7 +56,7 @@ def _weights(prefix: str) -> dict[str, np.ndarray]:
     return {n: reader.get_tensor(n) for n in names}
 
 
-@pytest.mark.slow  # three training processes; the fast tier resumes through test_main_cli
+@pytest.mark.slow  # three training processes; the fast tier's resume is the in-process stop below
 def test_sigkill_then_rerun_resumes_to_the_exact_step_and_matches_uninterrupted(tmp_path: pathlib.Path) -> None:
     interrupted = tmp_path / "interrupted"
     ckpt_dir = interrupted / "checkpoints"
