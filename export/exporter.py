@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 from efficientnet_tf.export import checks, mediapipe_check, registry
 from efficientnet_tf.export.files import EXPORT_INFO_FILE, LABELS_FILE, REPORT_FILE, write_json, write_labels_file
-from efficientnet_tf.export.formats.base import ExportJob, compare
+from efficientnet_tf.export.formats.base import ExportJob
 from efficientnet_tf.export.formats.litert import LITERT_THREADS
 from efficientnet_tf.export.images import check_decodable, preprocess_batch
 from efficientnet_tf.export.formats.tflite_int8 import QAT
@@ -25,7 +25,6 @@ from efficientnet_tf.errors import UserError, first_line
 from efficientnet_tf.models import quantize
 
 _RANDOM_EVAL_IMAGES = 8
-FLOAT_START_ROW = "keras float start"  # a quantisation-aware model's float start: for comparison, no limit
 
 
 def _check_images(name: str, images: np.ndarray | None, image_size: int) -> np.ndarray | None:
@@ -190,10 +189,6 @@ def run_export(
     )
     rows += [{"format": fmt, "path": None, "error": error, "check": "converts", "passed": False}
              for fmt, error in failures.items()]  # fmt: skip
-    if start is not None:
-        reference = keras_probabilities(model, images, probabilities)
-        rows.insert(1, {"format": FLOAT_START_ROW, "path": None, **compare(reference, start, labels_for_images),
-                        "runtime": "tensorflow (the float model it started from)", "check": "", "passed": True})
     for row in rows:
         if row["path"]:
             row["path"] = os.path.relpath(row["path"], export_dir)

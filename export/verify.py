@@ -22,6 +22,8 @@ from efficientnet_tf.export.formats.litert import MEDIAPIPE_PREFIX
 from efficientnet_tf.export.formats.saved_model import BYTES_ROW
 from efficientnet_tf.export.keras_model import keras_probabilities, probabilities_fn
 
+FLOAT_START_ROW = "keras float start"  # a quantisation-aware model's float start: for comparison, no limit
+
 
 def format_of_row(name: str) -> str | None:
     """The export format a report row belongs to ("mediapipe:tflite_int8" -> tflite_int8); None for keras."""
@@ -80,6 +82,9 @@ def verify_artifacts(
         if fmt.clients is not None:
             rows += fmt.clients(path, inputs)
     judge(rows)
+    if start is not None:  # for comparison only, after judging: it has no limit
+        rows.insert(1, {"format": FLOAT_START_ROW, "path": None, **compare(inputs.reference, start, labels),
+                        "runtime": "tensorflow (the float model it started from)", "check": "", "passed": True})
     return rows
 
 
