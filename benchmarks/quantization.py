@@ -2,7 +2,7 @@
 
     python benchmarks/quantization.py --model_dir RUN [--model_dir RUN2 ...] [--qat_epochs 1,2,5]
         [--calibration 100,200,800] [--qat_learning_rate 1e-4] [--out runs/quantization_benchmark]
-    python benchmarks/quantization.py --plot runs/quantization_benchmark/summary.json
+    python benchmarks/quantization.py --plot SUMMARY.json [--plot SUMMARY2.json ...] [--plot_out PNG]
 
 For each trained run (its best checkpoint, else its latest; EMA weights when it has them), on the run's own data
 and hold-out images:
@@ -24,7 +24,8 @@ and hold-out images:
 Each row: hold-out top-1 accuracy of the file (LiteRT, 2 threads), its top-1 agreement with the
 float Keras model, for QAT also with its fake-quant Keras model (the simulation's fidelity), the
 size, whether every tensor is integer, and the median LiteRT time per image. Writes
-`summary.json`, `summary.md` and `quantization.png` under `--out`. The QAT training loop here is a
+`summary.json`, `summary.md` and `quantization.png` under `--out`; `--plot` draws one figure from
+the summaries of several benchmarks (each panel names the machine and day it was measured on). The QAT training loop here is a
 few lines of GradientTape; the application's training loop runs QAT as a phase of a run.
 """
 
@@ -248,7 +249,10 @@ def plot(summary: dict, path: str) -> str:
         ax.invert_yaxis()
         ax.set_xlim(max(0.0, min(accuracy + [base]) - 1.5), min(100.0, max(accuracy + [base]) + 1.0))
         ax.set_xlabel("hold-out top-1 accuracy (%), each file's dot on a line from the float model's")
-        ax.set_title(f"{result['model']} at {result['image_size']} px, {result['eval_images']} hold-out images",
+        where = ""
+        if result.get("hardware"):
+            where = f"; {result['hardware']['cpu_model']} ({result['hardware']['cpu_cores']} cores), {result.get('date')}"
+        ax.set_title(f"{result['model']} at {result['image_size']} px, {result['eval_images']} hold-out images{where}",
                      fontsize=10)
         ax.legend(loc="lower left", fontsize=8)
     fig.suptitle("int8 for phones: post-training quantisation (orange) and quantisation-aware training (green)",
@@ -259,6 +263,17 @@ def plot(summary: dict, path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def merged(paths: list[str]) -> dict:
+    """The summaries of several benchmark runs as one, each result carrying its own machine and day."""
+    results = []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            summary = json.load(handle)
+        for result in summary["results"]:
+            results.append({"hardware": summary.get("hardware"), "date": summary.get("date"), **result})
+    return {"results": results}
 
 
 def _write_summary(summary: dict, out: str) -> None:
@@ -288,13 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_steps", type=int, default=None, help="cap the QAT steps (smoke runs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "runs", "quantization_benchmark"))
-    parser.add_argument("--plot", default=None, metavar="SUMMARY_JSON", help="only redraw the plot of a summary")
+    parser.add_argument("--plot", action="append", default=[], metavar="SUMMARY_JSON",
+                        help="only draw the plot of these summaries (repeat to put several benchmarks in one figure)")
+    parser.add_argument("--plot_out", default=None,
+                        help="--plot: the PNG to write (default: quantization.png beside the first summary)")
     args = parser.parse_args(argv)
 
     if args.plot:
-        with open(args.plot, encoding="utf-8") as handle:
-            summary = json.load(handle)
-        print(plot(summary, os.path.join(os.path.dirname(args.plot), "quantization.png")))
+        out = args.plot_out or os.path.join(os.path.dirname(args.plot[0]), "quantization.png")
+        print(plot(merged(args.plot), out))
         return 0
     if not args.model_dir:
         parser.error("pass --model_dir RUN (a trained run) at least once")
@@ -312,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(summary["results"][-1]), flush=True)
         summary["total_seconds"] = round(time.time() - started, 1)
         _write_summary(summary, args.out)  # after each run: an interrupted benchmark keeps what it measured
-    print(plot(summary, os.path.join(args.out, "quantization.png")))
+    print(plot(merged([os.path.join(args.out, "summary.json")]), os.path.join(args.out, "quantization.png")))
     print(f"total {summary['total_seconds'] / 60:.1f} min; summary in {os.path.join(args.out, 'summary.md')}")
     return 0
 

@@ -228,6 +228,10 @@ def _resolve_qat(values: dict[str, Any], steps_per_epoch: int) -> tuple[int | No
     if not 0.0 <= qat["distill"] <= 1.0:
         raise UserError(f"qat.distill is the start model's share of the training target, between 0 (the labels) and "
                         f"1 (its probabilities), got {qat['distill']}")
+    qat["distill_temperature"] = float(qat["distill_temperature"])
+    if not qat["distill_temperature"] > 0:
+        raise UserError(f"qat.distill_temperature divides the logits, so it must be positive, got "
+                        f"{qat['distill_temperature']}")
     if not qat["enabled"]:
         if qat["distill"] > 0:
             raise UserError("qat.distill is part of quantisation-aware training: use it with qat.enabled=true "

@@ -168,6 +168,7 @@ class QatSettings:
     freeze_ranges_epochs: float | None
     range_momentum: float
     distill: float  # the float start's share of the training target: 0 the labels, 1 its probabilities
+    distill_temperature: float  # divides both models' logits in the distilled share
 
 
 @dataclasses.dataclass(frozen=True)

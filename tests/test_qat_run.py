@@ -141,11 +141,13 @@ def test_a_stopped_qat_run_resumes_to_the_uninterrupted_weights_ranges_and_freez
 
 
 @pytest.mark.slow  # two trainers and a traced step (~1 min on 2 cores; the fast tier is near its 10 minutes)
-@pytest.mark.parametrize("share", ["1", "0.5"])
-def test_distillation_trains_towards_the_float_start_and_counts_top1_against_the_labels(tmp_path, share):
+@pytest.mark.parametrize("share,temperature", [("1", "1"), ("0.5", "1"), ("0.5", "3")])
+def test_distillation_trains_towards_the_float_start_and_counts_top1_against_the_labels(tmp_path, share, temperature):
     """qat.distill: the first step's loss is the cross-entropy from the target (the float start's
     probabilities, unsmoothed, mixed with the smoothed labels by the share) to the
-    quantisation-aware model's logits, computed here by hand; top-1 still counts the labels."""
+    quantisation-aware model's logits, computed here by hand; at qat.distill_temperature T the
+    distilled share compares both models' logits divided by T, scaled by T^2. Top-1 still counts
+    the labels."""
     import tensorflow as tf
 
     from efficientnet_tf import training
@@ -165,18 +167,20 @@ def test_distillation_trains_towards_the_float_start_and_counts_top1_against_the
     RunDir(str(start)).write_config(float_config)
 
     config = hparams.resolve(hparams.build_config([
-        TINY, plain, one_step, f"qat.enabled=true,qat.distill={share},train.label_smoothing=0.1",
+        TINY, plain, one_step, f"qat.enabled=true,qat.distill={share},qat.distill_temperature={temperature},train.label_smoothing=0.1",
         "qat.freeze_batch_norm_epochs=null,qat.freeze_ranges_epochs=null",  # nothing frozen at step 0
         f"train.init_weights={start},train.optimizer=adamw,train.warmup_epochs=0"]), num_classes=3, num_train=8)
     trainer = training.Trainer(config, training.create_strategy("default"), str(tmp_path / "qat"),
                                train_dataset_fn=batches)
     teacher = run_model.float_start_model(config)
     statistics = [np.array(v.value) for v in trainer.model.non_trainable_variables]
-    weight = float(share)
+    weight, t = float(share), float(temperature)
     smoothed = labels * 0.9 + 0.1 / 3
-    targets = weight * tf.nn.softmax(teacher(images, training=False), -1) + (1 - weight) * smoothed
+    taught = tf.nn.softmax(teacher(images, training=False) / t, -1)
     logits = trainer.model(images, training=True)
-    distilled = float(-tf.reduce_mean(tf.reduce_sum(targets * tf.nn.log_softmax(logits), -1)))
+    distilled = float(-tf.reduce_mean(
+        weight * t**2 * tf.reduce_sum(taught * tf.nn.log_softmax(logits / t), -1)
+        + (1 - weight) * tf.reduce_sum(smoothed * tf.nn.log_softmax(logits), -1)))
     towards_labels = float(-tf.reduce_mean(tf.reduce_sum(smoothed * tf.nn.log_softmax(logits), -1)))
     for variable, value in zip(trainer.model.non_trainable_variables, statistics):
         variable.assign(value)  # undo the ranges and batch statistics the hand forward pass observed
@@ -195,6 +199,10 @@ def test_distillation_needs_a_start_run_and_quantisation_aware_training(tmp_path
         with pytest.raises(UserError, match="qat.distill is the start model's share of the training target"):
             hparams.resolve(hparams.build_config([TINY, f"qat.enabled=true,qat.distill={bad}"]), num_classes=3,
                             num_train=800)
+    for bad in ("0", "-2"):
+        with pytest.raises(UserError, match="qat.distill_temperature divides the logits, so it must be positive"):
+            hparams.resolve(hparams.build_config([TINY, f"qat.enabled=true,qat.distill=1,qat.distill_temperature={bad}"]),
+                            num_classes=3, num_train=800)
     photos = from_run.coloured_photos(tmp_path / "photos")
     weights = tmp_path / "weights.weights.h5"
     weights.write_bytes(b"")

@@ -4,6 +4,7 @@ conv + batch norm, the QAT model's state in checkpoints, and its int8 file in Li
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 
@@ -433,3 +434,40 @@ def test_the_exporter_sees_a_qat_softmax_as_probabilities():
     logits = build_model("efficientnet-b0", classes=10, resolution=SIZE, width_coefficient=0.25,
                          baseline_blocks=scaling.BASELINE_BLOCKS[:1], classifier_activation=None)
     assert not outputs_probabilities(quantize.quantize_model(logits))
+
+
+def test_quantization_benchmark_draws_several_summaries_each_with_its_machine(tmp_path, monkeypatch):
+    """benchmarks/quantization.py --plot: summaries measured on different machines go into one figure, every
+    result keeping the machine and day it was measured on (what each panel's title names)."""
+    import importlib.util
+
+    import matplotlib.image
+
+    benchmarks = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+    monkeypatch.syspath_prepend(benchmarks)  # the script imports its neighbour hardware.py
+    path = os.path.join(benchmarks, "quantization.py")
+    spec = importlib.util.spec_from_file_location("quantization_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"variant": "float (Keras)", "accuracy": 0.75, "top1_agreement": 1.0, "size_bytes": 16_000_000},
+            {"variant": "PTQ int8, per-channel, 100 calibration images", "accuracy": 0.74, "top1_agreement": 0.96,
+             "size_bytes": 4_900_000, "integer_only": True, "latency_ms": 1.5},
+            {"variant": "QAT int8, 1 epoch, distilled from float", "accuracy": 0.748, "top1_agreement": 0.98,
+             "simulation_agreement": 0.99, "size_bytes": 4_900_000, "integer_only": True, "latency_ms": 1.5}]
+    summaries = []
+    for name, cpu, date in (("a", "CPU one", "2026-12-01"), ("b", "CPU two", "2026-12-02")):
+        summary = {"hardware": {"cpu_model": cpu, "cpu_cores": 2}, "date": date,
+                   "results": [{"model": f"efficientnet-{name}", "image_size": 128, "eval_images": 947,
+                                "dataset": "folder:photos", "rows": rows}]}
+        summaries.append(str(tmp_path / f"{name}.json"))
+        with open(summaries[-1], "w", encoding="utf-8") as handle:
+            json.dump(summary, handle)
+    both = bench.merged(summaries)
+    assert [(r["model"], r["hardware"]["cpu_model"], r["date"]) for r in both["results"]] == [
+        ("efficientnet-a", "CPU one", "2026-12-01"), ("efficientnet-b", "CPU two", "2026-12-02")]
+    assert "| QAT int8, 1 epoch, distilled from float | 74.80% | -0.20 | 98.00% | 99.00% |" in bench.table(
+        both["results"][1])
+    assert bench.main(["--plot", summaries[0], "--plot", summaries[1], "--plot_out", str(tmp_path / "two.png")]) == 0
+    assert bench.main(["--plot", summaries[0], "--plot_out", str(tmp_path / "one.png")]) == 0
+    two, one = (matplotlib.image.imread(str(tmp_path / f"{n}.png")) for n in ("two", "one"))
+    assert two.shape[0] > 1.6 * one.shape[0] and two.shape[1] == one.shape[1]  # a panel per result

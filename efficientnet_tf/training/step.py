@@ -43,10 +43,13 @@ class TrainStep:
                  teacher: keras.Model | None = None):
         self.model, self.optimizer, self.ema, self.info = model, optimizer, ema, info
         # With a teacher (qat.distill: the float model a quantisation-aware run started from) the loss is the
-        # cross-entropy towards its probabilities on the same images, mixed with the (smoothed) labels by
-        # qat.distill's share; top-1 is still counted against the labels.
+        # cross-entropy towards its probabilities on the same images, at qat.distill_temperature T (both logits
+        # divided by T, the term scaled by T^2 as in Hinton et al. 2015), plus the (smoothed) labels' cross-
+        # entropy for the rest of the share; at T = 1 that is one cross-entropy towards the mixed target.
+        # Top-1 is still counted against the labels.
         self.teacher = teacher
         self.distill = float(config.qat.distill)
+        self.temperature = float(config.qat.distill_temperature)
         self.strategy = info.strategy
         self.label_smoothing = float(config.train.label_smoothing)
         self.weight_decay = float(config.train.weight_decay)
@@ -73,27 +76,30 @@ class TrainStep:
         decayed = decayed_variables(model)
         bn_stats = self._bn_stats
         sync_bn = self.info.num_replicas > 1
-        device_augment, teacher, distill = self.device_augment, self.teacher, self.distill
+        device_augment, teacher, distill, temperature = self.device_augment, self.teacher, self.distill, self.temperature
 
         def gradients(images: tf.Tensor, labels: tf.Tensor, step: tf.Tensor, replica_id: tf.Tensor) -> Any:
             """Augmentation, forward and backward pass of one replica: its gradients and [loss, correct, count]."""
             if device_augment is not None:
                 # Seeded by step and replica: every replica augments its own share, reproducibly.
                 images, labels = device_augment(images, labels, step, replica_id)
-            targets, smoothing = labels, label_smoothing
+            taught = None
             if teacher is not None:
-                taught = tf.nn.softmax(tf.cast(teacher(images, training=False), tf.float32), axis=-1)
-                if distill < 1.0:  # the labels' share smoothed as the labels alone would be
-                    classes = tf.cast(tf.shape(labels)[-1], tf.float32)
-                    smoothed = labels * (1.0 - label_smoothing) + label_smoothing / classes
-                    taught = distill * taught + (1.0 - distill) * smoothed
-                targets = taught
-                smoothing = 0.0
+                taught = tf.nn.softmax(tf.cast(teacher(images, training=False), tf.float32) / temperature, axis=-1)
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(images, training=True), tf.float32)
-                per_example = keras.losses.categorical_crossentropy(
-                    targets, logits, from_logits=True, label_smoothing=smoothing
-                )
+                if taught is None:
+                    per_example = keras.losses.categorical_crossentropy(
+                        labels, logits, from_logits=True, label_smoothing=label_smoothing
+                    )
+                else:
+                    per_example = (distill * temperature**2) * keras.losses.categorical_crossentropy(
+                        taught, logits / temperature, from_logits=True
+                    )
+                    if distill < 1.0:  # the labels' share smoothed as the labels alone would be
+                        per_example += (1.0 - distill) * keras.losses.categorical_crossentropy(
+                            labels, logits, from_logits=True, label_smoothing=label_smoothing
+                        )
                 # Gradients are summed over replicas, so each replica's share is sum / global batch.
                 loss = tf.reduce_sum(per_example) / global_batch
                 count = tf.cast(tf.shape(labels)[0], tf.float32)
