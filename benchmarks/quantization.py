@@ -91,8 +91,9 @@ def _measure(name: str, content: bytes, images, labels, float_probs, simulated=N
     return row
 
 
-def _qat(model, config, source, args, images, labels, float_probs, targets: str) -> list[dict]:
-    """Fine-tune the QAT model of `model` and measure its int8 file after each of args.qat_epochs.
+def _qat(model, config, source, args, images, labels, float_probs, targets: str, rows: list[dict], keep) -> None:
+    """Fine-tune the QAT model of `model` and measure its int8 file after each of args.qat_epochs, appending
+    each row to `rows` and calling `keep()` after it (the summary so far is written as soon as a row exists).
 
     `targets`: "labels" (the run's labels with its label smoothing) or "float" (the float model's
     probabilities on the same batch: distillation, which keeps the int8 model's decisions the float
@@ -130,7 +131,7 @@ def _qat(model, config, source, args, images, labels, float_probs, targets: str)
         optimizer.apply(tape.gradient(loss, qat.trainable_variables), qat.trainable_variables)
         return loss
 
-    rows, started, losses = [], time.time(), []
+    started, losses = time.time(), []
     for index in range(total + 1):
         change = phase.update(index)  # variables the traced step reads: no retracing needed
         if change is not None:
@@ -142,6 +143,7 @@ def _qat(model, config, source, args, images, labels, float_probs, targets: str)
             simulated = qat_tflite.simulated_probabilities(qat, images)
             rows.append({**_measure(label, content, images, labels, float_probs, simulated),
                          "qat_steps": index, "qat_seconds": round(time.time() - started, 1)})
+            keep()
         if index == total:
             break
         images_batch, labels_batch = next(batches)
@@ -149,11 +151,10 @@ def _qat(model, config, source, args, images, labels, float_probs, targets: str)
         if (index + 1) % max(1, steps_per_epoch // 4) == 0:
             print(f"  QAT step {index + 1}/{total}: loss {sum(losses) / len(losses):.4f}", flush=True)
             losses = []
-    return rows
 
 
-def run_one(model_dir: str, args) -> dict:
-    """Every variant of one trained run."""
+def run_one(model_dir: str, args, keep=lambda result: None) -> dict:
+    """Every variant of one trained run; `keep(result so far)` after the post-training rows and each QAT row."""
     import keras
     import numpy as np
 
@@ -193,12 +194,14 @@ def run_one(model_dir: str, args) -> dict:
             rows.append({**_measure(f"PTQ 16x8 (int16 activations), {top} calibration images",
                                     _ptq_file(src, calibration, int16=True), images, labels, float_probs),
                          "note": "not an int8 file"})
+    result = {"model_dir": model_dir, "model": str(config.model.name), "image_size": size,
+              "eval_images": int(len(images)), "dataset": str(config.data.dataset), "rows": rows}
+    keep(result)
     for targets in [t.strip() for t in args.qat_targets.split(",") if t.strip()]:
         if targets not in ("labels", "float"):
             raise SystemExit(f"--qat_targets takes labels and / or float, not {targets!r}")
-        rows += _qat(model, config, source, args, images, labels, float_probs, targets)
-    return {"model_dir": model_dir, "model": str(config.model.name), "image_size": size,
-            "eval_images": int(len(images)), "dataset": str(config.data.dataset), "rows": rows}
+        _qat(model, config, source, args, images, labels, float_probs, targets, rows, lambda: keep(result))
+    return result
 
 
 def table(result: dict) -> str:
@@ -324,11 +327,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     summary = {"command": "python benchmarks/quantization.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "hardware": machine, "date": time.strftime("%Y-%m-%d"), "results": []}
-    for model_dir in args.model_dir:
-        summary["results"].append(run_one(model_dir, args))
-        print(table(summary["results"][-1]), flush=True)
+    done: list[dict] = []
+
+    def keep(result: dict) -> None:
+        """Write the summary with what is measured so far: an interrupted benchmark keeps every row it made."""
+        summary["results"] = done + [result]
         summary["total_seconds"] = round(time.time() - started, 1)
-        _write_summary(summary, args.out)  # after each run: an interrupted benchmark keeps what it measured
+        _write_summary(summary, args.out)
+
+    for model_dir in args.model_dir:
+        result = run_one(model_dir, args, keep)
+        keep(result)
+        done.append(result)
+        print(table(result), flush=True)
     print(plot(merged([os.path.join(args.out, "summary.json")]), os.path.join(args.out, "quantization.png")))
     print(f"total {summary['total_seconds'] / 60:.1f} min; summary in {os.path.join(args.out, 'summary.md')}")
     return 0
