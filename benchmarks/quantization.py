@@ -25,8 +25,9 @@ Each row: hold-out top-1 accuracy of the file (LiteRT, 2 threads), its top-1 agr
 float Keras model, for QAT also with its fake-quant Keras model (the simulation's fidelity), the
 size, whether every tensor is integer, and the median LiteRT time per image. Writes
 `summary.json`, `summary.md` and `quantization.png` under `--out`; `--plot` draws one figure from
-the summaries of several benchmarks (each panel names the machine and day it was measured on). The QAT training loop here is a
-few lines of GradientTape; the application's training loop runs QAT as a phase of a run.
+the summaries of several benchmarks (each panel names the machine and day it was measured on). The
+QAT training loop here is a few lines of GradientTape; the application's training loop runs QAT as a
+phase of a run.
 """
 
 from __future__ import annotations
