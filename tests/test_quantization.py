@@ -471,3 +471,62 @@ def test_quantization_benchmark_draws_several_summaries_each_with_its_machine(tm
     assert bench.main(["--plot", summaries[0], "--plot_out", str(tmp_path / "one.png")]) == 0
     two, one = (matplotlib.image.imread(str(tmp_path / f"{n}.png")) for n in ("two", "one"))
     assert two.shape[0] > 1.6 * one.shape[0] and two.shape[1] == one.shape[1]  # a panel per result
+
+
+def _noise_benchmark():
+    """benchmarks/int8_noise.py as a module (it imports its neighbour hardware.py only when it measures)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "int8_noise.py")
+    spec = importlib.util.spec_from_file_location("int8_noise_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_int8_noise_predicts_the_flips_that_gaussian_noise_on_the_logits_makes():
+    """The formula behind benchmarks/int8_noise.py: hand values of the normal tail, and on 20,000 simulated
+    photos (two close classes, a third far behind) the flips that noise of a known size makes are the flips
+    it expects from the measured noise; the noise found for an agreement gives that agreement back."""
+    bench = _noise_benchmark()
+    assert bench.expected_flips(np.array([0.0]), 0.3) == pytest.approx(0.5)
+    assert bench.expected_flips(np.array([0.3]), 0.3) == pytest.approx(0.158655, abs=1e-5)  # Phi(-1)
+    assert bench.expected_flips(np.array([0.1, 5.0]), 0.05) == pytest.approx(0.02275, abs=1e-4)  # Phi(-2) + ~0
+    assert bench.flip_spread(np.array([0.0, 0.0, 9.0]), 0.3) == pytest.approx(np.sqrt(0.5))  # two fair coins
+    rng = np.random.default_rng(0)
+    gaps = np.abs(rng.normal(0.0, 0.4, 20_000))
+    best = rng.normal(2.0, 1.0, gaps.size)
+    float_logits = np.stack([best - gaps, best, best - 10.0], axis=-1)  # the best class is not the first
+    sigma = 0.1  # per logit: the gap between two classes moves by sigma * sqrt(2)
+    file_logits = float_logits + rng.normal(0.0, sigma, float_logits.shape)
+    _, _, measured_gaps = bench.top2(float_logits)
+    np.testing.assert_allclose(measured_gaps, gaps, atol=1e-9)
+    noise = bench.gap_noise(float_logits, file_logits)
+    assert noise == pytest.approx(sigma * np.sqrt(2), rel=0.03)
+    # Confident photos whose gap moves far (large logits) do not make the noise near-ties feel larger.
+    wild = file_logits.copy()
+    wild[gaps > 1.0, 1] += rng.choice([-4.0, 4.0], int(np.sum(gaps > 1.0)))
+    assert 0 < np.sum(gaps > 1.0) < 0.02 * gaps.size
+    assert bench.gap_noise(float_logits, wild) == pytest.approx(noise, rel=0.03)
+    flips = int(np.sum(np.argmax(file_logits, -1) != np.argmax(float_logits, -1)))
+    assert flips == pytest.approx(bench.expected_flips(gaps, noise), rel=0.06), flips
+    row = bench.measure("simulated", float_logits, file_logits, file_logits, 0.98)
+    assert row["flips"] == flips and row["agreement"] == pytest.approx(1 - flips / gaps.size)
+    assert bench.expected_flips(gaps, row["noise_for_target"]) == pytest.approx(0.02 * gaps.size, rel=1e-3)
+    assert row["noise_for_target"] < noise  # this noise flips more than 2 % of these photos
+
+
+@pytest.mark.filterwarnings("ignore:Warning. Enabling `experimental_preserve_all_tensors`")
+def test_int8_noise_reads_the_logits_the_int8_file_feeds_its_softmax(qat_file, tmp_path, capsys):
+    """The logits the benchmark reads from an int8 file are those its SOFTMAX turns into the file's output,
+    and a missing file is a one-line usage error."""
+    bench = _noise_benchmark()
+    _, path = qat_file
+    logits, probabilities = bench.file_outputs(path, _photos("val", 12))
+    assert logits.shape == probabilities.shape == (12, len(CLASSES))
+    assert len(np.unique(np.round(logits, 4))) > 3  # int8 steps of the logits, not the 1/256 probabilities
+    np.testing.assert_allclose(tf.nn.softmax(logits).numpy(), probabilities, atol=2.5 / 256)
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["--float_run", str(tmp_path), "--tflite", str(tmp_path / "missing.tflite")])
+    assert stopped.value.code == 2
+    assert "no such file: " in capsys.readouterr().err
