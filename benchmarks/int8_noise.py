@@ -35,6 +35,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                                    for i in range(0, len(images), 32)])
     _, _, gaps = top2(float_logits)
     machine = hardware.describe()
-    summary = {"command": "python benchmarks/int8_noise.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    summary = {"command": "python benchmarks/int8_noise.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "hardware": machine, "date": time.strftime("%Y-%m-%d"), "model": str(config.model.name),
                "image_size": int(config.model.image_size), "photos": int(len(images)), "target": args.target,
                "near_ties": int(np.sum(gaps < 0.05)), "gaps": [round(float(g), 5) for g in gaps], "rows": []}
