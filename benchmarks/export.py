@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tarfile
 import time
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     src, data_note = _source(args.data, args.out)
     print(f"data: {data_note}", flush=True)
 
-    summary = {"command": "python benchmarks/export.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    summary = {"command": "python benchmarks/export.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "data": data_note, "hardware": machine, "results": []}  # fmt: skip
     if args.model_dir:
         from efficientnet_tf import run_model

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = hardware.describe()
     print(hardware.describe_line(machine), flush=True)
     started = time.time()
-    summary = {"command": "python benchmarks/quantization.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    summary = {"command": "python benchmarks/quantization.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
                "hardware": machine, "date": time.strftime("%Y-%m-%d"), "results": []}
     done: list[dict] = []
 
