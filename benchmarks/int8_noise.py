@@ -224,14 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     from absl import logging
 
     from efficientnet_tf import app
+    from efficientnet_tf.errors import UserError
     from efficientnet_tf.run_model import restore_for_inference, start_checkpoint
     from efficientnet_tf.rundir import RunDir
 
     logging.set_verbosity(logging.WARNING)
-    model, config, _ = restore_for_inference(args.float_run, start_checkpoint(RunDir(args.float_run)),
-                                             classifier_activation=None)
-    source = app.load_source(config)
-    images, _ = app.evaluation_arrays(config, source, args.max_eval_images or source.num_eval)
+    try:
+        model, config, _ = restore_for_inference(args.float_run, start_checkpoint(RunDir(args.float_run)),
+                                                 classifier_activation=None)
+        source = app.load_source(config)
+        images, _ = app.evaluation_arrays(config, source, args.max_eval_images or source.num_eval)
+    except UserError as error:
+        raise SystemExit(f"int8_noise.py: --float_run {args.float_run}: {error}") from None
     float_logits = np.concatenate([np.asarray(model(images[i: i + 32], training=False), np.float32)
                                    for i in range(0, len(images), 32)])
     _, _, gaps = top2(float_logits)

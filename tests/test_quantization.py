@@ -517,9 +517,9 @@ def test_int8_noise_predicts_the_flips_that_gaussian_noise_on_the_logits_makes()
 
 
 @pytest.mark.filterwarnings("ignore:Warning. Enabling `experimental_preserve_all_tensors`")
-def test_int8_noise_reads_the_logits_the_int8_file_feeds_its_softmax(qat_file, tmp_path, capsys):
-    """The logits the benchmark reads from an int8 file are those its SOFTMAX turns into the file's output,
-    and a missing file is a one-line usage error."""
+def test_int8_noise_reads_the_logits_the_int8_file_feeds_its_softmax(qat_file, tmp_path, capsys, monkeypatch):
+    """The logits the benchmark reads from an int8 file are those its SOFTMAX turns into the file's output;
+    a missing file and a float run without a checkpoint are one-line errors."""
     bench = _noise_benchmark()
     _, path = qat_file
     logits, probabilities = bench.file_outputs(path, _photos("val", 12))
@@ -530,3 +530,6 @@ def test_int8_noise_reads_the_logits_the_int8_file_feeds_its_softmax(qat_file, t
         bench.main(["--float_run", str(tmp_path), "--tflite", str(tmp_path / "missing.tflite")])
     assert stopped.value.code == 2
     assert "no such file: " in capsys.readouterr().err
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))  # hardware.py
+    with pytest.raises(SystemExit, match=r"^int8_noise.py: --float_run \S+: no checkpoint in .*$"):
+        bench.main(["--float_run", str(tmp_path / "not-a-run"), "--tflite", path])
