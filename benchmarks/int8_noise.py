@@ -119,10 +119,7 @@ def file_outputs(path: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     logits, probabilities = [], []
     pixels = qat_tflite.as_file_input(images)
     for image in pixels:
-        if source["dtype"] == np.uint8:
-            interpreter.set_tensor(source["index"], image.astype(np.uint8)[None])
-        else:
-            interpreter.set_tensor(source["index"], image.astype(source["dtype"])[None])
+        interpreter.set_tensor(source["index"], image.astype(source["dtype"])[None])  # uint8 pixels, or float
         interpreter.invoke()
         logits.append(value(logits_detail, interpreter.get_tensor(logits_index)))
         probabilities.append(value(target, interpreter.get_tensor(target["index"])))
